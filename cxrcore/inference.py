@@ -1,0 +1,112 @@
+"""One-call model API: load a checkpoint folder, get probabilities for images.
+
+    from cxrcore.inference import load_model
+    m = load_model("checkpoints/densenet121")
+    probs = m.predict(images_uint8)          # (N, 1, 64, 64) uint8 -> (N, 14) probabilities
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoints
+from .engine import Prepared, predict, prepared_for
+from .pretrained import WeightsNotFound, load_imagenet, wrap_lora
+from .zoo import ModelSpec, get_spec
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    card: dict
+    prep: Prepared
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.card["id"]
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.card["label_names"]
+
+    @property
+    def task(self) -> str:
+        return self.card["task"]
+
+    @property
+    def data_size(self) -> int:
+        return self.card["dataset"]["size"]
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, C, size, size) at the dataset's size -> probabilities (N, outputs)."""
+        return predict(self.model, images, self.prep, self.task)
+
+
+def _lora_model(spec: ModelSpec, card: dict, path: Path) -> nn.Module:
+    """Rebuild a LoRA model: its pretrained base first (checked against the hash in the card), then the adapter."""
+    base_rec = card["init"]["lora_base"]
+    base = spec.build(len(card["label_names"]), card["dataset"]["channels"], card["input_size"])
+    if base_rec["kind"] == "imagenet":
+        rec = load_imagenet(spec, base, card["dataset"]["channels"])
+        if base_rec["sha256"] and rec.sha256 and rec.sha256 != base_rec["sha256"]:
+            raise checkpoints.CheckpointError(f"{card['id']}: ImageNet base weights differ from those it was trained on")
+    else:
+        base_dir = path.parent / base_rec["id"]
+        if not (base_dir / checkpoints.WEIGHTS).exists():
+            raise WeightsNotFound(
+                f"{card['id']} is a LoRA adapter on the project's {base_rec['id']} checkpoint, whose weights are not "
+                f"here ({base_dir}). Rebuild them with: python train/run_all.py --models {base_rec['id']}"
+            )
+        base_card = checkpoints.load_state_into(base, base_dir)
+        if base_card["weights_sha256"] != base_rec["sha256"]:
+            raise checkpoints.CheckpointError(
+                f"{card['id']} was trained on a different {base_rec['id']} checkpoint than the one in {base_dir}; "
+                "retrain the adapter or restore that base."
+            )
+    model = wrap_lora(base)
+    state = checkpoints.read_weights(path, card)
+    target = model.state_dict()
+    unknown = [k for k in state if k not in target]
+    if unknown:
+        raise checkpoints.CheckpointError(f"{path}: adapter tensors do not fit the model ({unknown[:3]})")
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=False)
+    return model
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Build the architecture named in the card and load its verified weights (fp32, eval mode, CPU/GPU)."""
+    path = Path(path)
+    card = checkpoints.read_card(path)
+    spec = get_spec(card["id"])
+    if card["init"].get("kind") == "lora":
+        model = _lora_model(spec, card, path)
+    else:
+        model = spec.build(len(card["label_names"]), card["dataset"]["channels"], card["input_size"])
+        checkpoints.load_state_into(model, path)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(dev).eval()
+    prep = prepared_for(card)
+    if not spec.vit:  # channels_last: 1.4-1.8x faster CPU inference for CNNs, same numbers
+        model.to(memory_format=torch.channels_last)
+        prep.channels_last = True
+    return LoadedModel(model, spec, card, prep, path)
+
+
+def load_all(root: str | Path, dataset: str | None = None) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """Every loadable model under ``root`` (optionally of one dataset), and why each other one is not loadable."""
+    loaded, problems = {}, {}
+    for ck in checkpoints.find(Path(root)):
+        if ck.id == "ensemble" or (dataset and ck.dataset != dataset):
+            continue
+        key = f"{ck.dataset}/{ck.id}"
+        try:
+            loaded[key] = load_model(ck.path)
+        except (checkpoints.CheckpointError, WeightsNotFound, KeyError) as exc:
+            problems[key] = str(exc)
+    return loaded, problems

@@ -1,0 +1,257 @@
+"""Classification metrics: plain arrays in, plain numbers out.
+
+Semantics follow MedMNIST's ``getAUC`` / ``getACC`` so that our numbers are comparable with the published tables:
+multi-label AUC is the mean of per-label AUCs (labels with one class only are skipped), multi-label ACC is the
+mean element-wise accuracy at 0.5, binary/multi-class use the positive-class column / argmax.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve, precision_recall_curve
+
+TASK_MULTILABEL = "multi-label, binary-class"
+TASK_BINARY = "binary-class"
+TASK_MULTICLASS = "multi-class"
+
+
+def _as2d(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.reshape(len(a), -1)
+
+
+def auc_per_label(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """ROC AUC per label column; NaN where a label has only one class in ``y_true``."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    out = np.full(y_true.shape[1], np.nan)
+    for j in range(y_true.shape[1]):
+        if 0 < y_true[:, j].sum() < len(y_true):
+            out[j] = roc_auc_score(y_true[:, j], y_score[:, j])
+    return out
+
+
+def get_auc(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL) -> float:
+    """MedMNIST ``getAUC``: macro AUC over labels (multi-label), positive column (binary), OvR mean (multi-class)."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    if task == TASK_MULTILABEL:
+        return float(np.nanmean(auc_per_label(y_true, y_score)))
+    if task == TASK_BINARY:
+        return float(roc_auc_score(y_true[:, 0], y_score[:, -1]))
+    onehot = np.eye(y_score.shape[1])[y_true[:, 0].astype(int)]
+    return float(np.nanmean(auc_per_label(onehot, y_score)))
+
+
+def get_acc(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL, threshold: float = 0.5) -> float:
+    """MedMNIST ``getACC``: element-wise accuracy at ``threshold`` (multi-label), else accuracy of the prediction."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    if task == TASK_MULTILABEL:
+        return float(((y_score > threshold) == (y_true > 0.5)).mean())
+    if task == TASK_BINARY:
+        return float(((y_score[:, -1] > threshold) == (y_true[:, 0] > 0.5)).mean())
+    return float((y_score.argmax(1) == y_true[:, 0]).mean())
+
+
+@dataclass(frozen=True)
+class Confusion:
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+
+def confusion(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> Confusion:
+    """Confusion counts of one label (1-D arrays); a score >= threshold is a positive call."""
+    t = np.asarray(y_true).ravel() > 0.5
+    p = np.asarray(y_score).ravel() >= threshold
+    return Confusion(int((t & p).sum()), int((~t & p).sum()), int((~t & ~p).sum()), int((t & ~p).sum()))
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def binary_stats(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV, F1 and accuracy of one label at a threshold (NaN when undefined)."""
+    c = confusion(y_true, y_score, threshold)
+    sens, ppv = _ratio(c.tp, c.tp + c.fn), _ratio(c.tp, c.tp + c.fp)
+    f1 = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sens,
+        "specificity": _ratio(c.tn, c.tn + c.fp),
+        "ppv": ppv,
+        "npv": _ratio(c.tn, c.tn + c.fn),
+        "f1": f1,
+        "accuracy": _ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn),
+        **{k: float(v) for k, v in asdict(c).items()},
+    }
+
+
+def macro_sens_spec(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray | float = 0.5) -> tuple[float, float]:
+    """Mean sensitivity and specificity over labels (labels without positives/negatives are skipped)."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    th = np.broadcast_to(np.asarray(thresholds, dtype=float), (y_true.shape[1],))
+    stats = [binary_stats(y_true[:, j], y_score[:, j], th[j]) for j in range(y_true.shape[1])]
+    return float(np.nanmean([s["sensitivity"] for s in stats])), float(np.nanmean([s["specificity"] for s in stats]))
+
+
+def threshold_youden(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (0.5 if the label has one class only)."""
+    y_true = np.asarray(y_true).ravel()
+    if y_true.min() == y_true.max():
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel())
+    i = int(np.argmax(tpr - fpr))
+    return float(min(thr[i], 1.0))
+
+
+def threshold_for_sensitivity(y_true: np.ndarray, y_score: np.ndarray, target: float = 0.9) -> float:
+    """Highest threshold whose sensitivity reaches ``target`` (so specificity is as high as it can be)."""
+    y_true = np.asarray(y_true).ravel()
+    if y_true.sum() == 0:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel())
+    i = int(np.argmax(tpr >= target))
+    return float(min(thr[i], 1.0))
+
+
+def threshold_for_specificity(y_true: np.ndarray, y_score: np.ndarray, target: float = 0.9) -> float:
+    """Lowest threshold whose specificity still reaches ``target`` (so sensitivity is as high as it can be)."""
+    y_true = np.asarray(y_true).ravel()
+    if y_true.sum() == len(y_true):
+        return 0.5
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel())
+    ok = np.flatnonzero(1 - fpr >= target)
+    return float(min(thr[ok[-1]], 1.0))
+
+
+def exact_match_ratio(y_true: np.ndarray, y_score: np.ndarray, threshold: float | np.ndarray = 0.5) -> float:
+    """Share of images whose every label call is right (subset accuracy)."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    return float(((y_score >= threshold) == (y_true > 0.5)).all(1).mean())
+
+
+def hamming_loss(y_true: np.ndarray, y_score: np.ndarray, threshold: float | np.ndarray = 0.5) -> float:
+    """Share of wrong label calls."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    return float(((y_score >= threshold) != (y_true > 0.5)).mean())
+
+
+def bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``metric`` over images (resamples where the metric is undefined are dropped)."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            v = metric(y_true[idx], y_score[idx])
+        except ValueError:
+            continue
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def roc_band(
+    y_true: np.ndarray, y_score: np.ndarray, n_boot: int = 200, alpha: float = 0.05, seed: int = 0
+) -> dict[str, list[float]]:
+    """ROC curve plus a bootstrap band of TPR on a fixed FPR grid, for drawing confidence bands."""
+    y_true, y_score = np.asarray(y_true).ravel(), np.asarray(y_score).ravel()
+    grid = np.linspace(0, 1, 101)
+    fpr, tpr, thr = roc_curve(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        if y_true[idx].min() == y_true[idx].max():
+            continue
+        f, t, _ = roc_curve(y_true[idx], y_score[idx])
+        curves.append(np.interp(grid, f, t))
+    lo, hi = (np.quantile(curves, [alpha / 2, 1 - alpha / 2], axis=0) if curves else (grid * np.nan, grid * np.nan))
+    return {
+        "fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1.0).tolist(),
+        "grid": grid.tolist(), "tpr_lo": np.asarray(lo).tolist(), "tpr_hi": np.asarray(hi).tolist(),
+    }
+
+
+def pr_curve(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, list[float]]:
+    """Precision-recall curve of one label."""
+    p, r, t = precision_recall_curve(np.asarray(y_true).ravel(), np.asarray(y_score).ravel())
+    return {"precision": p.tolist(), "recall": r.tolist(), "thresholds": t.tolist()}
+
+
+def reliability(y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10) -> dict[str, list[float] | float]:
+    """Reliability bins (mean confidence, observed frequency, count) and expected calibration error.
+
+    All labels' probabilities are pooled (multi-label calibration); equal-width bins over [0, 1].
+    """
+    t, s = np.asarray(y_true, dtype=float).ravel(), np.asarray(y_score, dtype=float).ravel()
+    edges = np.linspace(0, 1, n_bins + 1)
+    b = np.clip(np.digitize(s, edges[1:-1]), 0, n_bins - 1)
+    conf, freq, count = [], [], []
+    ece = 0.0
+    for k in range(n_bins):
+        m = b == k
+        n = int(m.sum())
+        count.append(n)
+        conf.append(float(s[m].mean()) if n else float("nan"))
+        freq.append(float(t[m].mean()) if n else float("nan"))
+        if n:
+            ece += n / len(s) * abs(conf[-1] - freq[-1])
+    return {"edges": edges.tolist(), "confidence": conf, "frequency": freq, "count": count, "ece": float(ece)}
+
+
+def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10) -> float:
+    return float(reliability(y_true, y_score, n_bins)["ece"])
+
+
+def summarize(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    label_names: list[str],
+    task: str = TASK_MULTILABEL,
+    thresholds: list[float] | None = None,
+    n_boot: int = 1000,
+) -> dict:
+    """Everything a model card stores for one split: macro metrics with CIs and per-label metrics at thresholds."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    if task != TASK_MULTILABEL:  # binary and multi-class keep a column per class; label stats are one-vs-rest
+        y_cols = np.eye(y_score.shape[1])[y_true[:, 0].astype(int)]
+    else:
+        y_cols = y_true
+    th = np.asarray(thresholds if thresholds is not None else [0.5] * y_cols.shape[1], dtype=float)
+    auc = get_auc(y_true, y_score, task)
+    ci = bootstrap_ci(lambda a, b: get_auc(a, b, task), y_true, y_score, n_boot=n_boot)
+    sens, spec = macro_sens_spec(y_cols, y_score, th)
+    per_auc = auc_per_label(y_cols, y_score)
+    per_label = {}
+    for j, name in enumerate(label_names):
+        st = binary_stats(y_cols[:, j], y_score[:, j], th[j])
+        st["auc"] = None if np.isnan(per_auc[j]) else float(per_auc[j])
+        st["positives"] = int(y_cols[:, j].sum())
+        per_label[name] = st
+    return {
+        "n": int(len(y_true)),
+        "auc_macro": auc,
+        "auc_macro_ci": list(ci),
+        "acc": get_acc(y_true, y_score, task),
+        "sensitivity_macro": sens,
+        "specificity_macro": spec,
+        "exact_match": exact_match_ratio(y_cols, y_score, th),
+        "hamming_loss": hamming_loss(y_cols, y_score, th),
+        "ece": expected_calibration_error(y_cols, y_score),
+        "per_label": per_label,
+    }

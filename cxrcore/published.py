@@ -1,0 +1,58 @@
+"""Published reference numbers (not reproduced here): they are shown beside ours, always marked as published."""
+from __future__ import annotations
+
+# MedMNIST v2 (Yang et al., Scientific Data 2023), Table of benchmark results: (AUC, ACC)
+MEDMNIST_V2 = {
+    "chestmnist": {
+        "ResNet-18 (28)": (0.768, 0.947), "ResNet-18 (224)": (0.773, 0.947),
+        "ResNet-50 (28)": (0.769, 0.947), "ResNet-50 (224)": (0.773, 0.948),
+        "auto-sklearn": (0.649, 0.779), "AutoKeras": (0.742, 0.937), "Google AutoML Vision": (0.778, 0.948),
+    },
+    "pneumoniamnist": {
+        "ResNet-18 (28)": (0.944, 0.854), "ResNet-18 (224)": (0.956, 0.864),
+        "ResNet-50 (28)": (0.948, 0.854), "ResNet-50 (224)": (0.962, 0.884),
+        "auto-sklearn": (0.942, 0.855), "AutoKeras": (0.947, 0.878), "Google AutoML Vision": (0.991, 0.946),
+    },
+}
+
+# CheXNet (Rajpurkar et al. 2017), per-label AUC of DenseNet-121 on ChestX-ray14 (full 1024 px data)
+CHEXNET_AUC = {
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345, "Mass": 0.8676,
+    "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887, "Consolidation": 0.7901, "Edema": 0.8878,
+    "Emphysema": 0.9371, "Fibrosis": 0.8047, "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
+}
+
+SOURCES = {
+    "medmnist_v2": "Yang et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 3",
+    "chexnet": "Rajpurkar et al., CheXNet, arXiv:1711.05225 (2017), Table 1",
+}
+
+
+def flag_for(dataset: str) -> str | None:
+    if dataset.startswith(("nih14", "chestmnist")):
+        return "chestmnist"
+    if dataset.startswith("pneumoniamnist"):
+        return "pneumoniamnist"
+    return None
+
+
+def medmnist_rows(dataset: str) -> list[dict]:
+    flag = flag_for(dataset)
+    return [{"method": k, "auc": a, "acc": c} for k, (a, c) in MEDMNIST_V2.get(flag, {}).items()]
+
+
+def report_section(dataset: str, card: dict) -> list[str]:
+    rows = medmnist_rows(dataset)
+    if not rows:
+        return []
+    out = [f"### Published (not reproduced here): MedMNIST v2, {flag_for(dataset)}", "",
+           f"Source: {SOURCES['medmnist_v2']}. Trained on the full official dataset, not on this project's data.", "",
+           "| method | AUC | ACC |", "|---|---|---|"]
+    out += [f"| {r['method']} | {r['auc']:.3f} | {r['acc']:.3f} |" for r in rows]
+    out.append("")
+    if flag_for(dataset) == "chestmnist":
+        out += [f"### Published (not reproduced here): CheXNet per-label AUC", "", f"Source: {SOURCES['chexnet']}.", "",
+                "| label | AUC |", "|---|---|"]
+        out += [f"| {k} | {v:.3f} |" for k, v in CHEXNET_AUC.items()]
+        out.append("")
+    return out

@@ -1,0 +1,155 @@
+"""One training run from model id to checkpoint folder: build, initialise, fit, evaluate, write the card.
+
+Also the ensemble of trained checkpoints (mean probability), whose card is built from their stored predictions.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import checkpoints, metrics
+from .data import Dataset
+from .engine import Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss, predict
+from .pretrained import build
+from .zoo import get_spec, list_models
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "peft": peft.__version__, "numpy": np.__version__}
+
+
+def dataset_record(data: Dataset) -> dict:
+    return {"name": data.name, "size": data.size, "task": data.task, "channels": data.channels,
+            "source_md5": data.md5, "split_checksum": data.split_checksum(), "counts": data.counts(),
+            "prevalence": data.prevalence()}
+
+
+def label_columns(y: np.ndarray, task: str, n_out: int) -> np.ndarray:
+    """Labels as one column per model output (one-hot for single-label tasks)."""
+    return y if is_multilabel(task) else np.eye(n_out)[y[:, 0].astype(int)]
+
+
+def val_thresholds(y_val: np.ndarray, p_val: np.ndarray, task: str) -> list[float]:
+    """Operating thresholds chosen on validation only: Youden's J per label."""
+    cols = label_columns(y_val, task, p_val.shape[1])
+    return [metrics.threshold_youden(cols[:, j], p_val[:, j]) for j in range(p_val.shape[1])]
+
+
+def metrics_block(data: Dataset, probs: dict[str, np.ndarray], thresholds: list[float], n_boot: int) -> dict:
+    return {s: metrics.summarize(data.labels[s], probs[s], data.label_names, data.task, thresholds, n_boot)
+            for s in ("val", "test")}
+
+
+def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) -> bool:
+    try:
+        card = checkpoints.read_card(out_dir)
+    except checkpoints.CheckpointError:
+        return False
+    return (card.get("config_key") == cfg.key() and card["id"] == spec_id
+            and card["dataset"].get("split_checksum") == data.split_checksum()
+            and (out_dir / checkpoints.WEIGHTS).exists() and (out_dir / checkpoints.PREDICTIONS).exists())
+
+
+def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, command: str,
+              progress: Callable[[dict], None] | None = None, dist: Dist | None = None, n_boot: int = 1000) -> dict:
+    """Train ``model_id`` and write ``out_root/model_id``; returns the card (rank 0) or {} (other ranks)."""
+    dist = dist or Dist()
+    spec = get_spec(model_id)
+    out_dir = out_root / model_id
+    t0 = time.perf_counter()
+    model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root)
+    input_size = cfg.input_size or spec.model_input_size(data.size)
+    res = fit(model, spec, data, cfg, out_dir, progress, dist)
+    if not dist.main:
+        return {}
+    model = res.model
+    # predictions in the same precision as training, so stored and per-epoch validation numbers agree
+    res_prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last, bf16=res.bf16)
+    loss_fn = make_loss(data, cfg)
+    probs = {s: predict(model, data.images[s], res_prep, data.task) for s in ("val", "test")}
+    train_eval = evaluate(model, data, "train", res_prep, loss_fn)
+    val_eval = evaluate(model, data, "val", res_prep, loss_fn)
+    thresholds = val_thresholds(data.labels["val"], probs["val"], data.task)
+    block = metrics_block(data, probs, thresholds, n_boot)
+    block["train_loss"], block["val_loss"] = train_eval["loss"], val_eval["loss"]
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    card = {
+        "id": model_id, "arch": spec.arch, "family": spec.family, "reference": spec.paper,
+        "order": list_models().index(model_id),
+        "dataset": dataset_record(data), "label_names": data.label_names, "task": data.task,
+        "input_size": input_size, "normalisation": list(spec.norm),
+        "init": init.to_dict(), "hparams": asdict(cfg), "config_key": cfg.key(),
+        "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
+        "resumed_from_epoch": res.resumed_from,
+        "params_total": n_params, "params_trainable": n_train,
+        "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,
+        "seconds_per_epoch": res.train_seconds / max(1, res.epochs_run),
+        "hardware": hardware(), "world_size": dist.world, "bf16": res.bf16, "channels_last": res.channels_last,
+        "metrics": block, "thresholds": {"youden_val": thresholds},
+        "versions": versions(), "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "rebuild_command": command,
+    }
+    preds = {"val_probs": probs["val"], "val_labels": data.labels["val"],
+             "test_probs": probs["test"], "test_labels": data.labels["test"]}
+    card = checkpoints.save(out_dir, model, card, preds, res.history)
+    clear_resume(out_dir)
+    return card
+
+
+def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,
+                   n_boot: int = 1000) -> dict:
+    """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member checkpoint")
+    first = members[0].card
+    preds = [m.predictions() for m in members]
+    for m, p in zip(members, preds):
+        if m.card["dataset"]["split_checksum"] != first["dataset"]["split_checksum"]:
+            raise ValueError(f"{m.id} was trained on other data than {first['id']}; cannot ensemble")
+    probs = {s: np.mean([p[f"{s}_probs"] for p in preds], axis=0) for s in ("val", "test")}
+    labels = {s: preds[0][f"{s}_labels"] for s in ("val", "test")}
+    task, names = first["task"], first["label_names"]
+    thresholds = val_thresholds(labels["val"], probs["val"], task)
+    block = {s: metrics.summarize(labels[s], probs[s], names, task, thresholds, n_boot) for s in ("val", "test")}
+    card = {
+        "id": "ensemble", "arch": "mean probability of " + ", ".join(m.id for m in members), "family": "ensemble",
+        "members": [m.id for m in members], "order": 1000,
+        "dataset": first["dataset"], "label_names": names, "task": task,
+        "input_size": None, "normalisation": None,
+        "init": {"kind": "ensemble", "source": "members' own checkpoints", "sha256": None, "lora_base": None},
+        "params_total": sum(m.card["params_total"] for m in members),
+        "params_trainable": sum(m.card["params_trainable"] for m in members),
+        "train_seconds": sum(m.card["train_seconds"] for m in members),
+        "metrics": block, "thresholds": {"youden_val": thresholds},
+        "versions": versions(), "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "rebuild_command": command,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / checkpoints.PREDICTIONS, val_probs=probs["val"], val_labels=labels["val"],
+                        test_probs=probs["test"], test_labels=labels["test"])
+    (out_dir / checkpoints.CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return card

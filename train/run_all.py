@@ -1,0 +1,125 @@
+"""Train every architecture of the zoo (or --models) and write checkpoints, cards and the benchmark tables.
+
+    python train/run_all.py --list
+    python train/run_all.py                                  # every id on nih14-local at 64 px
+    python train/run_all.py --models resnet18 densenet121 --epochs 20
+    python train/run_all.py --dataset pneumoniamnist-local --size 28 --models efficientnet_lite0
+    python train/run_all.py --quick                          # a few-minute smoke run on a real subset
+    torchrun --nproc_per_node 2 train/run_all.py --models resnet18   # DistributedDataParallel (gloo on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm  # noqa: E402
+
+from cxrcore import benchmarks, checkpoints  # noqa: E402
+from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
+from cxrcore.engine import Dist, TrainConfig  # noqa: E402
+from cxrcore.runs import build_ensemble, is_up_to_date, train_one  # noqa: E402
+from cxrcore.zoo import get_spec, list_models  # noqa: E402
+
+QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
+QUICK_SUBSET = {"train": 160, "val": 80, "test": 80}
+ENSEMBLE_MEMBERS = ["resnet18", "densenet121", "efficientnet_lite0", "mobilenet_v2", "efficientnet_b0"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print every registered model id and exit")
+    p.add_argument("--models", nargs="+", help="ids to train (default: all)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="nih14-local, pneumoniamnist-local or a MedMNIST flag")
+    p.add_argument("--size", type=int, default=64, help="dataset image size (28, 64, 128, 224)")
+    p.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
+    p.add_argument("--out", type=Path, help="checkpoint root (default checkpoints/, or checkpoints/<dataset>)")
+    p.add_argument("--init", help="auto | imagenet | random | path to a checkpoint folder")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--pos-weight", help="a number or 'balanced'")
+    p.add_argument("--input-size", type=int, help="model input size (images are resized to it)")
+    p.add_argument("--freeze-all-but", type=int, help="partial fine-tune: train only the last N blocks and the head")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--force", action="store_true", help="retrain even when the checkpoint is up to date")
+    p.add_argument("--ensemble", nargs="*", help="members of the mean-probability ensemble (default: a fixed set)")
+    p.add_argument("--quick", action="store_true", help="smoke run: a few models, 1 epoch, a small real subset")
+    return p.parse_args(argv)
+
+
+def overrides(a: argparse.Namespace) -> dict:
+    pw = a.pos_weight
+    if pw is not None and pw != "balanced":
+        pw = float(pw)
+    return dict(init=a.init, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, pos_weight=pw,
+                input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
+                label_smoothing=a.label_smoothing, patience=a.patience)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    if a.list:
+        print("\n".join(list_models()))
+        return 0
+    if a.quick:
+        a.models = a.models or QUICK_MODELS
+        a.epochs = a.epochs or 1
+        a.out = a.out or REPO_ROOT / "runs" / "quick"
+    out = a.out or (REPO_ROOT / "checkpoints" if a.dataset == DEFAULT_DATASET else REPO_ROOT / "checkpoints" / a.dataset)
+    ids = a.models or list_models()
+    for i in ids:
+        get_spec(i)  # fail before any training on a typo
+    try:
+        data = load_dataset(a.dataset, a.size, download=a.download)
+    except DatasetNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if a.quick:
+        data = data.subset(QUICK_SUBSET)
+    dist = Dist.from_env()
+    base_cmd = f"python train/run_all.py --dataset {a.dataset} --size {a.size}"
+    for model_id in ids:
+        cfg = TrainConfig.for_model(get_spec(model_id), **overrides(a))
+        if not a.force and is_up_to_date(out / model_id, model_id, cfg, data):
+            if dist.main:
+                print(f"{model_id}: up to date, skipped")
+            continue
+        cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+        bar = tqdm(total=cfg.epochs, desc=model_id, unit="epoch", disable=not dist.main, dynamic_ncols=True)
+
+        def progress(ev: dict, bar=bar) -> None:
+            if ev.get("done"):
+                bar.update(1)
+                bar.set_postfix(val_auc=f"{ev['val_auc']:.3f}", loss=f"{ev['train_loss']:.3f}")
+            else:
+                bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")
+
+        card = train_one(model_id, data, cfg, out, cmd, progress, dist,
+                         n_boot=200 if a.quick else 1000)
+        bar.close()
+        if dist.main:
+            m = card["metrics"]
+            print(f"{model_id}: {card['epochs_run']} epochs, {card['seconds_per_epoch']:.1f} s/epoch, best epoch "
+                  f"{card['best_epoch']}, val AUC {m['val']['auc_macro']:.3f}, test AUC {m['test']['auc_macro']:.3f} "
+                  f"[{m['test']['auc_macro_ci'][0]:.3f}, {m['test']['auc_macro_ci'][1]:.3f}]")
+    if not dist.main:
+        return 0
+    found = {c.id: c for c in checkpoints.find(out) if c.path.parent == out and c.id != "ensemble"}
+    members = [found[i] for i in (a.ensemble if a.ensemble is not None else ENSEMBLE_MEMBERS) if i in found]
+    if len(members) >= 2:
+        build_ensemble(members, out / "ensemble", f"{base_cmd} --ensemble {' '.join(m.id for m in members)}")
+    benchmarks.write_tables(out)
+    if not a.quick:
+        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md")
+    print(f"tables written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

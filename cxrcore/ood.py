@@ -14,21 +14,23 @@ import numpy as np
 import torch
 
 from .inference import LoadedModel
+from .zoo import resolve_module
 
 OOD_FILE = "ood.json"
 
 
 @torch.no_grad()
 def features(m: LoadedModel, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """Pooled penultimate features (timm ``forward_head(pre_logits=True)``) for uint8 images."""
-    model = m.model.get_base_model() if hasattr(m.model, "get_base_model") else m.model
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = m.prep(images[i: i + batch_size]).to(dev)
-        f = model.forward_features(x)
-        out.append(model.forward_head(f, pre_logits=True).float().cpu())
-    return torch.cat(out).numpy()
+    """Pooled activations of the model's Grad-CAM layer (its last feature map, or last ViT block's tokens):
+    one hook that works for every zoo architecture."""
+    layer = resolve_module(m.model, m.spec.cam_layer)
+    grabbed: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out.float()))
+    try:
+        m.predict(images)
+    finally:
+        handle.remove()
+    return torch.cat([g.mean(1) if g.ndim == 3 else g.mean((2, 3)) for g in grabbed]).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,15 @@ def fit(model_id: str, train_feats: np.ndarray, val_feats: np.ndarray, k: int = 
     draft = OODModel(model_id, mean.tolist(), vt[:k].tolist(), var.tolist(), 0.0, percentile)
     threshold = float(np.percentile(draft.score(val_feats), percentile))
     return OODModel(model_id, mean.tolist(), vt[:k].tolist(), var.tolist(), threshold, percentile)
+
+
+def fit_checkpoint(m: LoadedModel, data) -> OODModel:
+    """Fit the detector of one loaded checkpoint on its dataset's train split, threshold on val; saved beside it."""
+    det = fit(m.id, features(m, data.images["train"]), features(m, data.images["val"]))
+    det.save(m.path / OOD_FILE)
+    return det
+
+
+def load_for(m: LoadedModel) -> OODModel | None:
+    path = m.path / OOD_FILE
+    return OODModel.load(path) if path.exists() else None

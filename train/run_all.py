@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from cxrcore import benchmarks, checkpoints  # noqa: E402
+from cxrcore import benchmarks, checkpoints, ood  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
 from cxrcore.engine import Dist, TrainConfig  # noqa: E402
+from cxrcore.inference import load_model  # noqa: E402
 from cxrcore.runs import build_ensemble, is_up_to_date, train_one  # noqa: E402
 from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
@@ -60,6 +61,21 @@ def overrides(a: argparse.Namespace) -> dict:
     return dict(init=a.init, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, pos_weight=pw,
                 input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
                 label_smoothing=a.label_smoothing, patience=a.patience)
+
+
+def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
+    """Out-of-distribution detector beside every checkpoint with weights (re-fitted when the weights change)."""
+    for ck in cks:
+        det_path = ck.path / ood.OOD_FILE
+        if det_path.exists() and det_path.stat().st_mtime >= (ck.path / checkpoints.WEIGHTS).stat().st_mtime:
+            continue
+        try:
+            m = load_model(ck.path)
+        except (checkpoints.CheckpointError, FileNotFoundError) as exc:
+            print(f"{ck.id}: no OOD detector ({exc})")
+            continue
+        det = ood.fit_checkpoint(m, data)
+        print(f"{ck.id}: OOD detector fitted (threshold {det.threshold:.2f} at the val {det.percentile:g}th percentile)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.main:
         return 0
     found = {c.id: c for c in checkpoints.find(out) if c.path.parent == out and c.id != "ensemble"}
+    fit_ood_detectors([c for c in found.values() if c.has_weights], data)
     members = [found[i] for i in (a.ensemble if a.ensemble is not None else ENSEMBLE_MEMBERS) if i in found]
     if len(members) >= 2:
         build_ensemble(members, out / "ensemble", f"{base_cmd} --ensemble {' '.join(m.id for m in members)}")

@@ -117,7 +117,8 @@ def threshold_for_sensitivity(y_true: np.ndarray, y_score: np.ndarray, target: f
     y_true = np.asarray(y_true).ravel()
     if y_true.sum() == 0:
         return 0.5
-    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel())
+    # every distinct score, not just the ROC corners: a dropped point can be the highest threshold reaching the target
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel(), drop_intermediate=False)
     i = int(np.argmax(tpr >= target))
     return float(min(thr[i], 1.0))
 
@@ -127,7 +128,7 @@ def threshold_for_specificity(y_true: np.ndarray, y_score: np.ndarray, target: f
     y_true = np.asarray(y_true).ravel()
     if y_true.sum() == len(y_true):
         return 0.5
-    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel())
+    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel(), drop_intermediate=False)
     ok = np.flatnonzero(1 - fpr >= target)
     return float(min(thr[ok[-1]], 1.0))
 

@@ -219,7 +219,8 @@ def initialise(
 
 
 def build(id: str, num_classes: int, in_chans: int, data_size: int, init: str = "auto",
-          checkpoints_dir: Path | None = None) -> tuple[nn.Module, Init]:
+          checkpoints_dir: Path | None = None, input_size: int | None = None) -> tuple[nn.Module, Init]:
+    """Build a zoo model for a dataset and initialise it; ``input_size`` overrides the zoo's model input size."""
     spec = get_spec(id)
-    model = spec.build(num_classes, in_chans, spec.model_input_size(data_size))
+    model = spec.build(num_classes, in_chans, input_size or spec.model_input_size(data_size))
     return initialise(spec, model, init, in_chans, checkpoints_dir)

@@ -78,8 +78,8 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     spec = get_spec(model_id)
     out_dir = out_root / model_id
     t0 = time.perf_counter()
-    model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root)
     input_size = cfg.input_size or spec.model_input_size(data.size)
+    model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root, input_size)
     res = fit(model, spec, data, cfg, out_dir, progress, dist)
     if not dist.main:
         return {}

@@ -141,7 +141,7 @@ def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_
 
 
 # The deepest networks get fewer epochs by default: on a 2-core CPU one epoch of them takes minutes.
-_CPU_BUDGET = {"epochs": 4, "patience": 0}
+_CPU_BUDGET = {"epochs": 2, "patience": 0}
 for _depth in (18, 50, 152):
     _register_timm(f"resnet{_depth}", f"resnet{_depth}", "a1_in1k", arch=f"ResNet-{_depth}", family="resnet",
                    cam_layer="layer4", paper="ChestMNIST workshop paper, MedMNIST v2",
@@ -164,7 +164,7 @@ _register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg", cam_lay
 # Vision transformers
 
 _VIT_B = dict(arch="ViT-B/16", family="vit", cam_layer="blocks.-1.norm1", vit=True, min_size=32,
-              timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={"epochs": 3, "patience": 0},
+              timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={"epochs": 2, "patience": 0},
               paper="ChestMNIST workshop paper")
 _vit_b16 = _timm_builder("vit_base_patch16_224", sized=True)
 register("vit_b16", **{**_VIT_B, "hparams": {**_VIT_B["hparams"], "pos_weight": 10.0}})(_vit_b16)

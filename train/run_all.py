@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def progress(ev: dict, bar=bar) -> None:
             if ev.get("done"):
-                bar.update(1)
+                bar.update(ev["epoch"] + 1 - bar.n)  # a resumed run starts past zero
                 bar.set_postfix(val_auc=f"{ev['val_auc']:.3f}", loss=f"{ev['train_loss']:.3f}")
             else:
                 bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from helpers import dicom
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, SecondaryCaptureImageStorage, generate_uid,
-)
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
 
 from cxrcore.imaging import DecodedImage, ImageError, Limits, decode, to_dataset_size, to_model_batch
 
@@ -38,35 +37,6 @@ def gradient(h: int = 96, w: int = 128) -> np.ndarray:
 
 def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
-
-
-def dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
-          syntax: str = ExplicitVRLittleEndian, pixel_data: bytes | None = None, file_meta: bool = True,
-          **attrs) -> bytes:
-    """An in-memory DX DICOM with uint16 pixels ((H, W) or (frames, H, W)) and a named patient."""
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-0042", "19600101"
-    ds.AccessionNumber, ds.InstitutionName, ds.StudyDate = "ACC-7", "General Hospital", "20240102"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype("<u2").tobytes() if pixel_data is None else pixel_data
-    buf = io.BytesIO()
-    if file_meta:
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.save_as(buf, enforce_file_format=True)
-    else:  # a bare dataset (no preamble, no DICM, no file meta), as some old systems write
-        ds.save_as(buf, implicit_vr=True, little_endian=True)
-    return buf.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

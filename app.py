@@ -1,0 +1,19 @@
+"""CXR Compare: how several deep networks read one chest X-ray. Run with ``streamlit run app.py``.
+
+This script sets up the page, the sidebar (task and models) and the navigation; each page lives in ``pages/``.
+"""
+import streamlit as st
+
+from pages import _common as ui
+
+st.set_page_config(page_title="CXR Compare", page_icon=":material/radiology:", layout="wide")
+
+navigation = st.navigation([
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
+    st.Page("pages/explain.py", title="Explain", icon=":material/visibility:"),
+    st.Page("pages/roc.py", title="ROC & thresholds", icon=":material/show_chart:"),
+    st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/leaderboard:"),
+    st.Page("pages/models.py", title="Models", icon=":material/description:"),
+])
+ui.sidebar()
+navigation.run()

@@ -1,0 +1,351 @@
+"""Streamlit glue shared by the pages: cached models and predictions, the sidebar's task and model choice, the image
+being read, the thresholds in force, and the header every page shows.
+
+Everything here caches or lays out; what is computed comes from :mod:`cxrcore`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.colors
+import streamlit as st
+
+from cxrcore import checkpoints, compare, data, explain, inference, metrics
+from cxrcore.compare import ENSEMBLE, TASKS, Case
+from cxrcore.imaging import ImageError, Limits
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE, UPLOAD, UPLOAD_ERROR, THRESHOLDS = "case", "upload", "upload_error", "thresholds"
+NOTICE = "**Research tool, not a medical device.** Not for diagnosis or treatment decisions."
+POSITIVE_BG, NEGATIVE_BG = "rgba(230, 80, 60, 0.45)", "rgba(60, 170, 90, 0.18)"
+ENSEMBLE_COLOR = "#f5c518"
+STAT_NAMES = {"threshold": "Threshold", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
+              "npv": "NPV", "f1": "F1", "accuracy": "Accuracy"}
+log = logging.getLogger(__name__)
+
+
+def checkpoint_root() -> Path:
+    """``$CXR_CHECKPOINTS`` (relative paths from the repo root), else the shipped ``checkpoints/``."""
+    path = Path(os.environ.get("CXR_CHECKPOINTS", "checkpoints"))
+    return path if path.is_absolute() else ROOT / path
+
+
+# ---- cached resources (once per process, shared by every session) --------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading models…")
+def load_models(root: str, dataset: str) -> tuple[dict[str, inference.LoadedModel], dict[str, str]]:
+    """The task's loadable models by id, and why each other checkpoint cannot be loaded."""
+    loaded, problems = inference.load_all(root, dataset)
+    return {m.id: m for m in loaded.values()}, {k.split("/", 1)[1]: v for k, v in problems.items()}
+
+
+@st.cache_resource(show_spinner=False)
+def task_checkpoints(root: str, dataset: str) -> list[checkpoints.Checkpoint]:
+    """Every card of the task, weights shipped or not, the stored ensemble included."""
+    return [c for c in checkpoints.find(Path(root)) if c.dataset == dataset]
+
+
+@st.cache_resource(show_spinner="Loading the test split…")
+def test_split(dataset: str, size: int) -> data.Dataset | None:
+    """The task's dataset when it is on this machine (never required), else None."""
+    try:
+        return data.load_dataset(dataset, size)
+    except (data.DatasetNotFound, ValueError, OSError):
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def nih_boxes() -> dict[str, list[data.Box]]:
+    return data.load_boxes()
+
+
+@st.cache_resource(show_spinner=False)
+def _model_lock() -> threading.Lock:
+    """The models are shared by every session, and Grad-CAM and the OOD features hook into them (a hook would also
+    catch another session's forward pass), so one session at a time runs them; each use takes milliseconds."""
+    return threading.Lock()
+
+
+# ---- the task and models chosen in the sidebar ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar chose: the task, its models (loaded, by id) and every card of the task."""
+
+    dataset: str
+    root: Path
+    models: dict[str, inference.LoadedModel]
+    loadable: list[str]
+    problems: dict[str, str]
+    cards: list[checkpoints.Checkpoint]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.cards[0].card["label_names"] if self.cards else []
+
+    @property
+    def task(self) -> str:
+        return self.cards[0].card["task"] if self.cards else ""
+
+    @property
+    def columns(self) -> list[str]:
+        """The chosen models, then the ensemble when at least two are chosen."""
+        return [*self.ids, *([ENSEMBLE] if len(self.ids) > 1 else [])]
+
+    def checkpoint(self, model_id: str) -> checkpoints.Checkpoint:
+        return next(c for c in self.cards if c.id == model_id)
+
+
+def _models_key(dataset: str) -> str:
+    return f"models::{dataset}"
+
+
+def selection() -> Selection:
+    """The current task and chosen models (the sidebar's widgets, read from the session)."""
+    dataset = st.session_state.get("task", next(iter(TASKS)))
+    root = checkpoint_root()
+    loaded, problems = load_models(str(root), dataset)
+    chosen = st.session_state.get(_models_key(dataset), list(loaded))
+    return Selection(dataset, root, {i: loaded[i] for i in chosen if i in loaded}, list(loaded), problems,
+                     task_checkpoints(str(root), dataset))
+
+
+def sidebar() -> Selection:
+    """Task switch and model multiselect (default: every loadable model of the task)."""
+    with st.sidebar:
+        dataset = st.radio("Task", list(TASKS), format_func=TASKS.get, key="task", persist_state="session")
+        loaded, problems = load_models(str(checkpoint_root()), dataset)
+        st.multiselect("Models", list(loaded), default=list(loaded), key=_models_key(dataset), persist_state="session",
+                       help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen.")
+        if problems:
+            st.caption(f"{len(problems)} more with a card but no usable weights: see **Models**.")
+    return selection()
+
+
+def header(title: str, intro: str, sel: Selection) -> None:
+    """Page title, what the page is for, the research-use notice and the data the models learnt from."""
+    st.title(title)
+    st.caption(intro)
+    trained = compare.training_data(sel.cards[0].card) if sel.cards else "no model cards found"
+    st.markdown(f":material/science: {NOTICE} Models trained on: {trained}.")
+
+
+# ---- the image being read ------------------------------------------------------------------------------------------
+
+def upload_limits() -> Limits:
+    """The configured upload size limit, checked again server-side (the browser's check can be bypassed)."""
+    return Limits(max_bytes=int(st.get_option("server.maxUploadSize")) * 1024 * 1024)
+
+
+def _set_case(case: Case | None, error: str | None = None) -> None:
+    st.session_state[CASE] = case
+    st.session_state[UPLOAD_ERROR] = error
+
+
+def _on_upload() -> None:
+    """Decode a new upload in memory; a refusal keeps no image and leaves a message for the page."""
+    file = st.session_state.get(UPLOAD)
+    st.session_state["pick"] = None
+    if file is None:
+        _set_case(None)
+        return
+    try:
+        _set_case(compare.upload_case(file.getvalue(), file.name, upload_limits(), nih_boxes()))
+    except ImageError as exc:
+        _set_case(None, f"{file.name}: {exc}")
+    except Exception:  # noqa: BLE001 - whatever a person uploads, the page shows a message, never a traceback
+        log.exception("unexpected failure decoding an upload")
+        _set_case(None, f"{file.name}: the file could not be read as a chest X-ray image.")
+
+
+def image_input(sel: Selection) -> None:
+    """Upload, or (when the dataset is on this machine) pick a test-split image."""
+    st.file_uploader("Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM", key=UPLOAD,
+                     on_change=_on_upload, help="Read in memory only, never written to disk.")
+    ds = test_split(sel.dataset, sel.cards[0].card["dataset"]["size"]) if sel.cards else None
+    if ds is not None:
+        names = compare.test_image_names(ds)
+
+        def pick() -> None:
+            index = st.session_state["pick"]
+            if index is not None:
+                _set_case(compare.test_split_case(ds, index, nih_boxes()))
+
+        st.selectbox("…or a test-split image", range(len(names)), index=None, key="pick", on_change=pick,
+                     format_func=lambda i: names[i], placeholder=f"{len(names)} images of {sel.dataset}")
+    if st.session_state.get(UPLOAD_ERROR):
+        st.error(st.session_state[UPLOAD_ERROR], icon=":material/block:")
+
+
+def case() -> Case | None:
+    return st.session_state.get(CASE)
+
+
+# ---- cached per-image work (keyed on the image's sha256) -----------------------------------------------------------
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _predict(sha256: str, root: str, dataset: str, model_id: str, _pixels: np.ndarray) -> np.ndarray:
+    m = load_models(root, dataset)[0][model_id]
+    with _model_lock():
+        return compare.predict_image(m, _pixels)
+
+
+def predictions(c: Case, sel: Selection) -> dict[str, np.ndarray]:
+    """Each chosen model's probabilities for the case (computed once per image and model, then cached)."""
+    return {i: _predict(c.image.sha256, str(sel.root), sel.dataset, i, c.image.pixels) for i in sel.ids}
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _cam(sha256: str, root: str, dataset: str, model_id: str, label: int, method: str,
+         _pixels: np.ndarray) -> np.ndarray:
+    m = load_models(root, dataset)[0][model_id]
+    with _model_lock():
+        return explain.cam_map(m, compare.model_input(_pixels, m.data_size), label, method)
+
+
+def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> np.ndarray:
+    return _cam(c.image.sha256, str(sel.root), sel.dataset, model_id, sel.label_names.index(label), method,
+                c.image.pixels)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _ood(sha256: str, root: str, dataset: str, _pixels: np.ndarray) -> str | None:
+    models = load_models(root, dataset)[0].values()
+    with _model_lock():
+        return compare.ood_warning(models, _pixels)
+
+
+def ood(c: Case, sel: Selection) -> str | None:
+    return _ood(c.image.sha256, str(sel.root), sel.dataset, c.image.pixels)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _display_square(sha256: str, _pixels: np.ndarray) -> np.ndarray:
+    return compare.display_square(_pixels)
+
+
+def display_square(c: Case) -> np.ndarray:
+    return _display_square(c.image.sha256, c.image.pixels)
+
+
+# ---- thresholds in force (the ROC page sets them, every page uses them) --------------------------------------------
+
+def overrides(dataset: str) -> dict[str, dict[str, float]]:
+    """The session's threshold changes for a task: model id -> label -> threshold (mutable, kept all session)."""
+    return st.session_state.setdefault(THRESHOLDS, {}).setdefault(dataset, {})
+
+
+@st.cache_resource(show_spinner=False)
+def card_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A checkpoint's stored val/test predictions (read once per process)."""
+    return checkpoints.read_predictions(path)
+
+
+@st.cache_resource(show_spinner=False)
+def _stored(root: str, dataset: str, column: str, ids: tuple[str, ...]) -> dict[str, np.ndarray]:
+    cks = {c.id: c for c in task_checkpoints(root, dataset)}
+    if column == ENSEMBLE:
+        return compare.ensemble_predictions([card_predictions(cks[i].path) for i in ids])
+    return card_predictions(cks[column].path)
+
+
+def _members(sel: Selection, column: str) -> tuple[str, ...]:
+    """What a column's stored predictions depend on beyond its name: the ensemble's members (a cache key)."""
+    return tuple(sel.ids) if column == ENSEMBLE else ()
+
+
+def stored(sel: Selection, column: str) -> dict[str, np.ndarray]:
+    """Stored val/test predictions of a chosen model, or of the ensemble of the chosen models."""
+    return _stored(str(sel.root), sel.dataset, column, _members(sel, column))
+
+
+def default_thresholds(sel: Selection, column: str) -> np.ndarray:
+    """A column's thresholds before any user change: the card's, or for the ensemble Youden J on validation."""
+    if column == ENSEMBLE:
+        return compare.ensemble_thresholds(stored(sel, ENSEMBLE), sel.task)
+    return compare.card_thresholds(sel.checkpoint(column).card)
+
+
+def thresholds(sel: Selection) -> dict[str, np.ndarray]:
+    """The thresholds in force for every column."""
+    changed = overrides(sel.dataset)
+    return {c: compare.active_thresholds(default_thresholds(sel, c), sel.label_names, changed.get(c))
+            for c in sel.columns}
+
+
+def comparison(c: Case, sel: Selection) -> compare.Comparison:
+    members = sel.ids if ENSEMBLE in sel.columns else []
+    return compare.compare(predictions(c, sel), thresholds(sel), sel.label_names, members)
+
+
+# ---- small layout helpers ------------------------------------------------------------------------------------------
+
+def need_models(sel: Selection) -> None:
+    """Stop the page with a clear message when no model can run."""
+    if not sel.loadable:
+        st.warning(f"No model of {TASKS[sel.dataset]} has its weights here ({sel.root}). Their cards, and the commands "
+                   "that build them, are on the **Models** page.", icon=":material/warning:")
+        st.stop()
+    if not sel.models:
+        st.info("Choose at least one model in the sidebar.", icon=":material/tune:")
+        st.stop()
+
+
+def need_case() -> Case:
+    """The image being read, or a pointer to the Compare page and a stop."""
+    current = case()
+    if current is None:
+        st.info("Upload a chest X-ray on the **Compare** page first.", icon=":material/upload:")
+        st.stop()
+    return current
+
+
+def colors(columns: list[str]) -> dict[str, str]:
+    """One colour per model, the same on every chart; the ensemble is always gold."""
+    palette = [c for c in plotly.colors.qualitative.Plotly if c not in ("#FECB52", "#FFA15A")]  # too close to gold
+    return {c: ENSEMBLE_COLOR if c == ENSEMBLE else palette[k % len(palette)] for k, c in enumerate(columns)}
+
+
+def translucent(color: str, alpha: float = 0.15) -> str:
+    r, g, b = plotly.colors.hex_to_rgb(color)
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def call_style(comp: compare.Comparison, frame: pd.DataFrame) -> pd.io.formats.style.Styler:
+    """Shade probability cells by call (red: positive, green: negative) so calls read at a glance."""
+    calls = comp.calls
+
+    def shade(col: pd.Series) -> list[str]:
+        if col.name not in calls:
+            return [""] * len(col)
+        return [f"background-color: {POSITIVE_BG if c else NEGATIVE_BG}; font-weight: {700 if c else 400}"
+                for c in calls[col.name]]
+
+    return frame.style.apply(shade).format(precision=2, na_rep="")
+
+
+# ---- stored test predictions per label (ROC page) ------------------------------------------------------------------
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _roc_band(root: str, dataset: str, column: str, ids: tuple[str, ...], label: int, task: str) -> dict[str, list]:
+    y, p = compare.split_arrays(_stored(root, dataset, column, ids), "test", task)
+    return metrics.roc_band(y[:, label], p[:, label])
+
+
+def roc_band(sel: Selection, column: str, label: int) -> dict[str, list[float]]:
+    """ROC curve with a 95 % bootstrap band of one column and label on the stored test predictions (cached)."""
+    return _roc_band(str(sel.root), sel.dataset, column, _members(sel, column), label, sel.task)

@@ -1,0 +1,100 @@
+"""Benchmarks: every trained model of the task in the papers' Table 1 layout, per-label metrics, training curves,
+label prevalence and calibration; the published reference numbers apart, marked as such."""
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxrcore import benchmarks, compare, published
+from pages import _common as ui
+
+sel = ui.selection()
+ui.header("Benchmarks", "Measured in this project, from the model cards and stored predictions: the test split "
+          "was never used for training or for choosing thresholds.", sel)
+cks = sel.cards
+if not cks:
+    st.warning(f"No model cards under {sel.root}.", icon=":material/warning:")
+    st.stop()
+
+st.subheader("Table 1: this project's models")
+table = pd.DataFrame(benchmarks.table1(cks)).set_index("model")
+num = st.column_config.NumberColumn
+st.dataframe(table, column_config={
+    "init": "Init", "params_M": num("Params (M)", format="%.2f"), "train_loss": num("Train loss", format="%.3f"),
+    "val_loss": num("Val loss", format="%.3f"), "test_acc": num("Test acc", format="%.3f"),
+    "test_sensitivity": num("Test sens", format="%.3f"), "test_specificity": num("Test spec", format="%.3f"),
+    "val_auc": num("Val AUC", format="%.3f"), "test_auc": num("Test AUC", format="%.3f"),
+    "test_auc_ci": "Test AUC 95% CI", "epochs": "Epochs", "best_epoch": "Best", "train_minutes": num(
+        "Train (min)", format="%.1f"), "weights_shipped": st.column_config.CheckboxColumn("Weights shipped")})
+st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at 0.5; "
+           "sensitivity and specificity at each card's validation-chosen thresholds.")
+
+lo, hi = zip(*(ck.card["metrics"]["test"]["auc_macro_ci"] for ck in cks))
+fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
+                       error_y=dict(type="data", symmetric=False, array=list(hi) - table["test_auc"],
+                                    arrayminus=table["test_auc"] - list(lo))))
+fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance")
+fig.update_layout(yaxis=dict(title="test AUC", range=[0.4, 1]), height=320, margin=dict(l=10, r=10, t=20, b=10))
+st.plotly_chart(fig, key="auc_bars")
+
+per_label, curves, prevalence, calibration = st.tabs(
+    ["Per-label metrics", "Training curves", "Label prevalence", "Calibration"])
+with per_label:
+    metric = st.radio("Metric", ["auc", "sensitivity", "specificity"], horizontal=True, key="bench_metric",
+                      format_func={"auc": "AUC", "sensitivity": "Sensitivity", "specificity": "Specificity"}.get)
+    matrix = compare.per_label_matrix(cks, metric)
+    fig = px.imshow(matrix, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="RdYlGn", aspect="auto")
+    fig.update_layout(height=120 + 32 * len(matrix), margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, key="per_label_heatmap")
+    st.caption("Test split. Sensitivity and specificity at each card's validation-chosen threshold; blank: undefined.")
+with curves:
+    history = compare.history_frame(cks)
+    series = [c for c in history.columns if c not in ("model", "epoch", "lr", "epoch_seconds")]
+    if series:
+        shown = st.radio("Series", series, horizontal=True, key="bench_series")
+        fig = px.line(history, x="epoch", y=shown, color="model", markers=True,
+                      color_discrete_map=ui.colors(list(table.index)))
+        fig.update_layout(height=420, margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="history_chart")
+    else:
+        st.info("No training history stored.")
+with prevalence:
+    frame = compare.prevalence_frame(cks[0].card)
+    fig = px.bar(frame, x="label", y="share", color="split", barmode="group", hover_data=["positives"],
+                 labels={"share": "share of the split's images"})
+    fig.update_layout(height=400, margin=dict(l=10, r=10, t=10, b=10), yaxis_tickformat=".0%")
+    st.plotly_chart(fig, key="prevalence_chart")
+    st.caption(compare.training_data(cks[0].card))
+with calibration:
+    chosen = st.multiselect("Models", list(table.index), default=list(table.index)[:4], key="bench_calibration")
+    fig = go.Figure()
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dot", color="grey"))
+    palette = ui.colors(list(table.index))
+    for ck in (c for c in cks if c.id in chosen):
+        rel = compare.reliability_of(ui.card_predictions(ck.path), sel.task)
+        fig.add_trace(go.Scatter(x=rel["confidence"], y=rel["frequency"], mode="lines+markers",
+                                 name=f"{ck.id} (ECE {rel['ece']:.3f})", line=dict(color=palette[ck.id]),
+                                 customdata=rel["count"], hovertemplate="confidence %{x:.2f}, observed %{y:.2f}, "
+                                                                       "%{customdata} predictions<extra></extra>"))
+    fig.update_layout(xaxis=dict(title="mean predicted probability", range=[0, 1]),
+                      yaxis=dict(title="observed frequency", range=[0, 1]), height=460,
+                      margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, key="reliability_chart")
+    st.caption("Reliability diagram on the test split, all labels pooled, 10 equal-width bins; the diagonal is "
+               "perfect calibration. ECE: expected calibration error.")
+
+st.divider()
+st.subheader("Published reference numbers: not reproduced here")
+st.warning("These come from the papers, trained and tested on other (usually full-size) data. They are context, not "
+           "a like-for-like comparison with the table above.", icon=":material/menu_book:")
+tables = compare.published_tables(sel.dataset)
+for col, pub in zip(st.columns(max(1, len(tables))), tables):
+    with col:
+        st.markdown(f"**{pub.title}** (published)")
+        st.dataframe(pub.frame, hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in pub.frame.select_dtypes("number")})
+        st.caption(f"Source: {pub.source}")
+if published.flag_for(sel.dataset) == "chestmnist":
+    st.caption("Not shown yet: " + "; ".join(f"{k} ({v})" for k, v in published.NOT_TRANSCRIBED.items()) + ".")
+if not tables:
+    st.caption("No published reference numbers for this task yet.")

@@ -1,0 +1,136 @@
+"""Compare: one chest X-ray, every chosen model's probability and call per label, side by side."""
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxrcore import compare, report
+from cxrcore.compare import ENSEMBLE
+from pages import _common as ui
+
+
+def probability_chart(comp: compare.Comparison) -> go.Figure:
+    """Each label a row; each model a dot (filled when it calls positive); the grey bar spans the models' range."""
+    labels = list(comp.probs.index)[::-1]
+    probs, calls = comp.probs.loc[labels], comp.calls.loc[labels]
+    fig, palette = go.Figure(), ui.colors(list(comp.probs.columns))
+    fig.add_trace(go.Bar(y=labels, x=probs[comp.models].max(axis=1) - probs[comp.models].min(axis=1),
+                         base=probs[comp.models].min(axis=1), orientation="h", marker_color="rgba(150,150,150,0.25)",
+                         name="range of models", hoverinfo="skip"))
+    for col in comp.probs.columns:
+        is_ens = col == ENSEMBLE
+        fig.add_trace(go.Scatter(
+            x=probs[col], y=labels, mode="markers", name=col,
+            marker=dict(size=15 if is_ens else 10, symbol="diamond" if is_ens else "circle",
+                        color=palette[col], opacity=[1.0 if c else 0.35 for c in calls[col]]),
+            customdata=comp.thresholds.loc[labels, col],
+            hovertemplate=f"{col}<br>%{{y}}: p=%{{x:.3f}} (threshold %{{customdata:.3f}})<extra></extra>"))
+    fig.update_layout(height=120 + 26 * len(labels), xaxis=dict(range=[0, 1], title="probability"),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom"), margin=dict(l=10, r=10, t=40, b=10),
+                      barmode="overlay")
+    return fig
+
+
+def build_report(case: compare.Case, sel: ui.Selection, comp: compare.Comparison, name: str, source: str,
+                 warning: str | None, status) -> bytes:
+    """The PDF case report, with a Grad-CAM of each model's most likely label (progress shown in ``status``)."""
+    square, panels = ui.display_square(case), []
+    bar = st.progress(0.0)
+    for k, model_id in enumerate(comp.models):
+        label = compare.top_label(comp.probs[model_id], sel.label_names)
+        status.update(label=f"Grad-CAM: {model_id}, {label}")
+        heat = ui.cam(case, sel, model_id, label, "GradCAM")
+        panels.append((f"{model_id}: {label} (p={comp.probs.at[label, model_id]:.2f})",
+                       compare.cam_panel(square, heat, 0.4, case.boxes)))
+        bar.progress((k + 1) / len(comp.models))
+    data = compare.case_report(comp, case.image.pixels, name, [sel.checkpoint(i).card for i in comp.models], source,
+                               panels, warning, dt.datetime.now().isoformat(timespec="seconds"))
+    return report.case_report_pdf(data)
+
+
+sel = ui.selection()
+ui.header("Compare", "Upload a chest X-ray to see how each model reads it: probability per label, the call at each "
+          "model's operating threshold, and where the models disagree.", sel)
+ui.need_models(sel)
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    ui.image_input(sel)
+case = ui.case()
+if case is None:
+    with right:
+        st.info("Upload an image to start. It is read in memory and never stored.", icon=":material/upload:")
+    st.stop()
+
+with left:
+    image = case.image
+    st.image(image.pixels, caption=f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} "
+                                   f"px, {image.bit_depth}-bit {image.original_mode}", width="stretch")
+    if case.truth is not None:
+        st.caption(f"Dataset labels ({case.source}): **{', '.join(case.truth) or 'No finding'}**")
+    show_ids = bool(image.identifiers) and st.checkbox(
+        "Show patient identifiers", help="DICOM identifiers stay hidden, and out of the downloads, unless ticked.")
+    if show_ids:
+        st.table(pd.Series(image.identifiers, name="value"))
+    if image.metadata:
+        with st.expander("DICOM header (non-identifying)"):
+            st.table(pd.Series({k: str(v) for k, v in image.metadata.items()}, name="value"))
+    warning = ui.ood(case, sel)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+
+comp = ui.comparison(case, sel)
+agree = comp.agreement()
+calls = comp.calls
+lead = ENSEMBLE if ENSEMBLE in comp.probs else comp.models[0]
+
+with right:
+    a, b, c = st.columns(3)
+    a.metric("Models", len(comp.models), border=True)
+    b.metric(f"Positive labels ({lead})", int(calls[lead].sum()), border=True)
+    c.metric("Labels where models split", int(agree["split"].sum()), border=True,
+             help="At least one model calls the label positive and at least one negative.")
+    table = comp.probs.copy()
+    table["SD"] = agree["sd"]
+    table["Votes +"] = [f"{p}/{len(comp.models)}" for p in agree["n_positive"]]
+    table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
+    if case.truth is not None:
+        table["Truth"] = ["✓" if label in case.truth else "" for label in table.index]
+    st.dataframe(ui.call_style(comp, table), height=38 + 35 * len(table), width="stretch",
+                 column_config={"_index": st.column_config.TextColumn("Label", width="medium"),
+                                "SD": st.column_config.NumberColumn(help="Spread of the models' probabilities"),
+                                "Votes +": st.column_config.TextColumn(help="Models calling the label positive")})
+    source = compare.threshold_source(ui.overrides(sel.dataset))
+    st.caption("Cells: probability. **Red, bold: positive call** (at or above the model's threshold); green: negative. "
+               f"Ensemble: mean of the chosen models. Thresholds: {source}.")
+
+
+st.subheader("Probabilities by label")
+st.caption("Opaque markers: positive call; faded: negative. The grey bar spans the models' probabilities, so a long "
+           "bar means the models disagree.")
+st.plotly_chart(probability_chart(comp), config={"displayModeBar": False})
+
+st.subheader("Downloads")
+stem = Path(case.name).stem or "image"
+csv = comp.flat()
+if show_ids:
+    csv = csv.assign(**image.identifiers)
+d1, d2 = st.columns([1, 3])
+d1.download_button("Table (CSV)", csv.to_csv(index=False), file_name=f"{stem}_cxr_compare.csv", mime="text/csv",
+                   icon=":material/download:", on_click="ignore")
+report_key = (image.sha256, tuple(comp.probs.columns), comp.thresholds.to_numpy().tobytes(), show_ids)
+with d2:
+    if st.button("Build PDF report", icon=":material/picture_as_pdf:",
+                 help="Adds a Grad-CAM of each model's most likely label; takes a few seconds."):
+        with st.status("Building the case report…", expanded=False) as status:
+            name = case.name + ("  |  " + ", ".join(f"{k}: {v}" for k, v in image.identifiers.items())
+                                if show_ids else "")
+            st.session_state["report_pdf"] = (report_key, build_report(case, sel, comp, name, source, warning,
+                                                                           status))
+            status.update(label="Case report ready", state="complete")
+    built = st.session_state.get("report_pdf")
+    if built and built[0] == report_key:
+        st.download_button("Case report (PDF)", built[1], file_name=f"{stem}_cxr_report.pdf", mime="application/pdf",
+                           icon=":material/download:", type="primary", on_click="ignore")

@@ -1,0 +1,116 @@
+"""Builders shared by several test modules: in-memory DICOM files and small but complete checkpoint folders."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxrcore import checkpoints, metrics
+from cxrcore.ood import OOD_FILE, OODModel
+from cxrcore.runs import build_ensemble, label_columns, val_thresholds
+from cxrcore.zoo import get_spec, list_models
+
+NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+         "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+TASKS = {  # dataset -> (label names, task, image size)
+    "nih14-local": (NIH14, metrics.TASK_MULTILABEL, 64),
+    "pneumoniamnist-local": (["normal", "pneumonia"], metrics.TASK_BINARY, 28),
+}
+
+
+def dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
+          syntax: str = ExplicitVRLittleEndian, pixel_data: bytes | None = None, file_meta: bool = True,
+          **attrs) -> bytes:
+    """An in-memory DX DICOM with uint16 pixels ((H, W) or (frames, H, W)) and a named patient."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "PID-0042", "19600101"
+    ds.AccessionNumber, ds.InstitutionName, ds.StudyDate = "ACC-7", "General Hospital", "20240102"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype("<u2").tobytes() if pixel_data is None else pixel_data
+    buf = io.BytesIO()
+    if file_meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(buf, enforce_file_format=True)
+    else:  # a bare dataset (no preamble, no DICM, no file meta), as some old systems write
+        ds.save_as(buf, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+def _split(n: int, labels: list[str], task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The task's labels (the same for every model, as on real data) and one model's probabilities, which carry
+    some signal so ROC curves and thresholds behave like real ones."""
+    k = len(labels)
+    truth = np.random.default_rng(n)
+    y = (truth.random((n, k)) < 0.3) if task == metrics.TASK_MULTILABEL else truth.integers(0, 2, (n, 1))
+    noise = np.random.default_rng([n, seed]).normal(size=(n, k))
+    logits = torch.from_numpy(noise + 1.5 * label_columns(y, task, k))
+    probs = torch.sigmoid(logits) if task == metrics.TASK_MULTILABEL else torch.softmax(logits, 1)
+    return y.astype(np.float32), probs.numpy().astype(np.float32)
+
+
+def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, ship: bool = True,
+                    seed: int = 0) -> checkpoints.Checkpoint:
+    """A randomly initialised zoo model saved like ``runs.train_one`` saves one: full card, predictions, history."""
+    labels, task, size = TASKS[dataset]
+    spec = get_spec(model_id)
+    (y_val, p_val), (y_test, p_test) = _split(80, labels, task, seed), _split(120, labels, task, seed)
+    thresholds = val_thresholds(y_val, p_val, task)
+    block = {s: metrics.summarize(y, p, labels, task, thresholds, n_boot=20)
+             for s, (y, p) in {"val": (y_val, p_val), "test": (y_test, p_test)}.items()}
+    block["train_loss"], block["val_loss"] = 0.9, 0.95
+    torch.manual_seed(seed)
+    model = spec.build(len(labels), 1, spec.model_input_size(size))
+    n_params = sum(p.numel() for p in model.parameters())
+    counts = {"train": 400, "val": 80, "test": 120}
+    card = {
+        "id": model_id, "arch": spec.arch, "family": spec.family, "reference": spec.paper,
+        "order": list_models().index(model_id),
+        "dataset": {"name": dataset, "size": size, "task": task, "channels": 1, "source_md5": "0" * 32,
+                    "split_checksum": "fake-" + dataset, "counts": counts,
+                    "prevalence": {s: [int(counts[s] * 0.3)] * len(labels) for s in counts}},
+        "label_names": labels, "task": task, "input_size": spec.model_input_size(size),
+        "normalisation": list(spec.norm),
+        "init": {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
+        "hparams": {"lr": 1e-3, "batch_size": 32, "epochs": 3}, "epochs_run": 3, "best_epoch": 2,
+        "params_total": n_params, "params_trainable": n_params, "train_seconds": 30.0, "seconds_per_epoch": 10.0,
+        "hardware": "test", "metrics": block, "thresholds": {"youden_val": thresholds},
+        "versions": {}, "git_commit": None, "created": "2024-01-01T00:00:00+00:00",
+        "rebuild_command": f"python train/run_all.py --models {model_id}",
+    }
+    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.5 + e / 20,
+                "epoch_seconds": 10.0} for e in (1, 2, 3)]
+    out = root / model_id if dataset == "nih14-local" else root / dataset / model_id
+    preds = {"val_probs": p_val, "val_labels": y_val, "test_probs": p_test, "test_labels": y_test}
+    card = checkpoints.save(out, model, card, preds, history)
+    if not ship:
+        (out / checkpoints.WEIGHTS).unlink()
+    return checkpoints.Checkpoint(out, card)
+
+
+def fake_checkpoint_root(root: Path) -> Path:
+    """Both tasks: NIH with a CNN, a ViT, a model without weights and the stored ensemble; PneumoniaMNIST with a CNN."""
+    nih = [fake_checkpoint(root, "vanilla_cnn", seed=1), fake_checkpoint(root, "vit_scratch", seed=2),
+           fake_checkpoint(root, "resnet18", ship=False, seed=3)]
+    build_ensemble(nih, root / "ensemble", "python train/run_all.py --ensemble", n_boot=20)
+    fake_checkpoint(root, "cnn_small", "pneumoniamnist-local", seed=4)
+    return root
+
+
+def write_ood(folder: Path, model_id: str, dim: int, threshold: float) -> None:
+    """An ``ood.json`` whose threshold decides the verdict: 0 flags every image, a huge one none."""
+    OODModel(model_id, [0.0] * dim, np.eye(4, dim).tolist(), [1.0] * 4, threshold, 99.0).save(folder / OOD_FILE)

@@ -1,0 +1,271 @@
+"""The app's logic without Streamlit: calls, ensemble, disagreement, thresholds and presets, boxes and CAM peaks,
+the out-of-distribution warning, the report data, and what the benchmark and model pages tabulate."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import NIH14, dicom, fake_checkpoint, fake_checkpoint_root, write_ood
+from PIL import Image
+
+from cxrcore import compare, metrics
+from cxrcore.checkpoints import find
+from cxrcore.compare import ENSEMBLE
+from cxrcore.data import Box, Dataset
+from cxrcore.imaging import ImageError, Limits, to_dataset_size, to_model_batch
+from cxrcore.inference import load_model
+from cxrcore.report import case_report_pdf
+from cxrcore.runs import val_thresholds
+
+LABELS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return fake_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def nih(root):
+    return [c for c in find(root) if c.dataset == "nih14-local"]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---- the comparison table ------------------------------------------------------------------------------------------
+
+def three_models() -> compare.Comparison:
+    probs = {"m1": [0.9, 0.2, 0.5], "m2": [0.7, 0.6, 0.4], "m3": [0.8, 0.1, 0.3]}
+    thresholds = {"m1": [0.5, 0.5, 0.5], "m2": [0.5, 0.5, 0.5], "m3": [0.5, 0.5, 0.5], ENSEMBLE: [0.5, 0.3, 0.5]}
+    return compare.compare(probs, thresholds, LABELS, ["m1", "m2", "m3"])
+
+
+def test_ensemble_is_the_mean_of_its_members_called_at_its_own_threshold():
+    comp = three_models()
+    assert list(comp.probs.columns) == ["m1", "m2", "m3", ENSEMBLE] and comp.models == ["m1", "m2", "m3"]
+    np.testing.assert_allclose(comp.probs[ENSEMBLE], [0.8, 0.3, 0.4])
+    assert comp.calls[ENSEMBLE].tolist() == [True, True, False]  # 0.3 >= 0.3: at the threshold is positive
+
+
+def test_calls_are_at_or_above_the_threshold():
+    comp = three_models()
+    assert comp.calls.loc["c"].tolist() == [True, False, False, False]  # m1: 0.5 >= 0.5
+
+
+def test_agreement_counts_votes_and_flags_splits():
+    agree = three_models().agreement()
+    assert agree["n_positive"].tolist() == [3, 1, 1] and agree["n_negative"].tolist() == [0, 2, 2]
+    assert agree["split"].tolist() == [False, True, True]
+    np.testing.assert_allclose(agree.loc["a", "sd"], np.std([0.9, 0.7, 0.8]))
+    np.testing.assert_allclose(agree.loc["b", "range"], 0.5)
+
+
+def test_flat_table_has_one_row_per_label_and_every_column():
+    flat = three_models().flat()
+    assert flat["label"].tolist() == LABELS
+    for col in ("m1", "m2", "m3", ENSEMBLE):
+        assert {f"{col}_prob", f"{col}_threshold", f"{col}_call"} <= set(flat.columns)
+    assert set(flat["m1_call"]) == {"positive", "negative"} and "split" in flat.columns
+
+
+def test_one_model_has_no_ensemble_and_no_split():
+    comp = compare.compare({"m1": [0.9, 0.1, 0.5]}, {"m1": [0.5] * 3}, LABELS)
+    assert list(comp.probs.columns) == ["m1"] and not comp.agreement()["split"].any()
+
+
+@pytest.mark.parametrize(("probs", "thresholds", "members", "match"), [
+    ({"m1": [0.1, 0.2]}, {"m1": [0.5] * 3}, [], r"probs\['m1'\]"),
+    ({"m1": [0.1] * 3}, {}, [], r"thresholds\['m1'\]"),
+    ({"m1": [0.1] * 3, "m2": [0.2] * 3}, {"m1": [0.5] * 3, "m2": [0.5] * 3}, ["m1", "m2"], "ensemble"),
+])
+def test_misaligned_inputs_are_refused(probs, thresholds, members, match):
+    with pytest.raises(ValueError, match=match):
+        compare.compare(probs, thresholds, LABELS, members)
+
+
+def test_top_label():
+    assert compare.top_label([0.1, 0.7, 0.3], LABELS) == "b"
+
+
+# ---- thresholds ----------------------------------------------------------------------------------------------------
+
+def test_active_thresholds_replace_only_overridden_labels():
+    out = compare.active_thresholds([0.2, 0.4, 0.6], LABELS, {"b": 0.9})
+    np.testing.assert_allclose(out, [0.2, 0.9, 0.6])
+    np.testing.assert_allclose(compare.active_thresholds([0.2, 0.4, 0.6], LABELS, None), [0.2, 0.4, 0.6])
+
+
+def test_card_thresholds_fall_back_to_half():
+    np.testing.assert_allclose(compare.card_thresholds({"label_names": LABELS}), [0.5] * 3)
+    card = {"label_names": LABELS, "thresholds": {"youden_val": [0.1, 0.2, 0.3]}}
+    np.testing.assert_allclose(compare.card_thresholds(card), [0.1, 0.2, 0.3])
+
+
+def test_presets_reach_their_targets_on_the_data_they_were_chosen_on():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    s = np.clip(rng.normal(0.4 + 0.2 * y, 0.15), 0, 1)
+    presets = compare.preset_thresholds(y, s, card_threshold=0.37)
+    assert list(presets) == list(compare.PRESETS)
+    assert presets["0.5"] == 0.5 and presets["Card (validation Youden J)"] == 0.37
+    assert metrics.binary_stats(y, s, presets["Sensitivity ≥ 0.90"])["sensitivity"] >= 0.9
+    assert metrics.binary_stats(y, s, presets["Specificity ≥ 0.90"])["specificity"] >= 0.9
+    assert presets["Youden J"] == metrics.threshold_youden(y, s)
+
+
+def test_threshold_source_names_the_users_changes():
+    assert compare.threshold_source({}) == "validation Youden J per label (model cards)"
+    assert "vanilla_cnn Mass=0.700" in compare.threshold_source({"vanilla_cnn": {"Mass": 0.7}})
+
+
+# ---- stored predictions and the ensemble -----------------------------------------------------------------------------
+
+def test_ensemble_predictions_average_members_and_refuse_other_images(nih):
+    shipped = [c.predictions() for c in nih if c.id in ("vanilla_cnn", "vit_scratch")]
+    ens = compare.ensemble_predictions(shipped)
+    np.testing.assert_allclose(ens["test_probs"], (shipped[0]["test_probs"] + shipped[1]["test_probs"]) / 2)
+    np.testing.assert_array_equal(ens["val_labels"], shipped[0]["val_labels"])
+    other = {**shipped[1], "test_labels": 1 - shipped[1]["test_labels"]}
+    with pytest.raises(ValueError, match="different test images"):
+        compare.ensemble_predictions([shipped[0], other])
+
+
+def test_ensemble_thresholds_are_youden_on_validation_only(nih):
+    ens = compare.ensemble_predictions([c.predictions() for c in nih])
+    thr = compare.ensemble_thresholds(ens, metrics.TASK_MULTILABEL)
+    np.testing.assert_allclose(thr, val_thresholds(ens["val_labels"], ens["val_probs"], metrics.TASK_MULTILABEL))
+    shuffled = {**ens, "test_probs": ens["test_probs"][::-1]}
+    np.testing.assert_allclose(compare.ensemble_thresholds(shuffled, metrics.TASK_MULTILABEL), thr)
+
+
+def test_binary_split_arrays_are_one_column_per_class(root):
+    ck = next(c for c in find(root) if c.dataset == "pneumoniamnist-local")
+    y, p = compare.split_arrays(ck.predictions(), "test", ck.card["task"])
+    assert y.shape == p.shape == (120, 2)
+    np.testing.assert_array_equal(y[:, 1], ck.predictions()["test_labels"][:, 0])
+    np.testing.assert_array_equal(y.sum(1), 1)
+
+
+# ---- one image -----------------------------------------------------------------------------------------------------
+
+def test_predict_image_is_the_training_preprocessing(nih):
+    m = load_model(next(c for c in nih if c.id == "vanilla_cnn").path)
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8)
+    expected = m.predict(to_model_batch(to_dataset_size(pixels, 64)))[0]
+    np.testing.assert_array_equal(compare.predict_image(m, pixels), expected)
+    assert torch.equal(compare.model_input(pixels, 64), to_model_batch(to_dataset_size(pixels, 64)))
+
+
+def test_upload_case_decodes_and_places_nih_boxes_on_the_square():
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 300), dtype=np.uint8)
+    boxes = {"00001933_000.png": [Box("Infiltrate", 100, 50, 100, 50)]}
+    case = compare.upload_case(png(pixels), "uploads/00001933_000.png", Limits(), boxes)
+    assert case.source == "upload" and case.truth is None
+    np.testing.assert_array_equal(case.image.pixels, pixels)
+    (box,) = case.boxes  # the square is x 50..250, so the box spans 0.25..0.75 of it horizontally
+    assert box.label == "Infiltration"
+    np.testing.assert_allclose([box.x, box.y, box.w, box.h], [0.25, 0.25, 0.5, 0.25])
+
+
+def test_upload_case_refuses_bad_bytes():
+    with pytest.raises(ImageError, match="empty"):
+        compare.upload_case(b"", "x.png", Limits(), {})
+
+
+def test_dicom_case_keeps_identifiers_apart():
+    case = compare.upload_case(dicom(np.arange(128 * 128, dtype=np.uint16).reshape(128, 128)), "scan.dcm",
+                               Limits(), {})
+    assert case.image.format == "DICOM" and case.image.identifiers["PatientName"] == "Doe^Jane"
+    assert "PatientName" not in case.image.metadata
+
+
+def test_test_split_case_goes_through_decode_and_knows_its_labels():
+    rng = np.random.default_rng(0)
+    images = {s: torch.from_numpy(rng.integers(0, 256, (3, 1, 28, 28), dtype=np.uint8))
+              for s in ("train", "val", "test")}
+    labels = {s: np.array([[0], [1], [0]], np.float32) for s in images}
+    ds = Dataset("pneumoniamnist-local", 28, metrics.TASK_BINARY, ["normal", "pneumonia"], images, labels, "", "")
+    assert compare.test_image_names(ds) == [f"pneumoniamnist-local test #{i}" for i in range(3)]
+    case = compare.test_split_case(ds, 1, {})
+    assert case.truth == ["pneumonia"] and case.boxes == []
+    np.testing.assert_array_equal(case.image.pixels, images["test"][1, 0].numpy())
+
+
+def test_box_on_square_and_peak_hits():
+    box = compare.box_on_square(Box("Mass", 612, 512, 100, 100), (1024, 1024), 1)
+    np.testing.assert_allclose([box.x, box.y, box.w, box.h], np.array([612, 512, 100, 100]) / 1024)
+    cam = np.zeros((64, 64), np.float32)
+    cam[35, 40] = 1  # x = 40.5 / 64 = 0.63, y = 35.5 / 64 = 0.55: inside
+    assert compare.peak_hits(cam, [box]) == {"Mass": True}
+    cam[35, 40], cam[5, 5] = 0, 1
+    assert compare.peak_hits(cam, [box, Box("Mass", 0.0, 0.0, 0.01, 0.01)]) == {"Mass": False}
+
+
+def test_cam_panel_outlines_boxes_in_green():
+    square = np.full((100, 100), 128, np.uint8)
+    panel = compare.cam_panel(square, np.zeros((8, 8), np.float32), 0.0, [Box("Mass", 0.2, 0.2, 0.5, 0.5)])
+    assert panel.shape == (100, 100, 3)
+    assert tuple(panel[20, 50]) == (0, 255, 0) and tuple(panel[50, 50]) == (128, 128, 128)
+
+
+def test_ood_warning_only_when_a_detector_flags_the_image(tmp_path):
+    ck = fake_checkpoint(tmp_path, "vanilla_cnn")
+    m = load_model(ck.path)
+    pixels = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+    assert compare.ood_warning([m], pixels) is None  # no ood.json: skipped silently
+    write_ood(ck.path, "vanilla_cnn", 128, threshold=0.0)
+    assert "does not look like" in compare.ood_warning([m], pixels)
+    write_ood(ck.path, "vanilla_cnn", 128, threshold=1e9)
+    assert compare.ood_warning([m], pixels) is None
+
+
+# ---- report, cards, benchmarks -------------------------------------------------------------------------------------
+
+def test_case_report_renders_with_models_then_ensemble(nih):
+    comp = compare.compare({"vanilla_cnn": [0.6] * 14, "vit_scratch": [0.2] * 14},
+                           {"vanilla_cnn": [0.5] * 14, "vit_scratch": [0.5] * 14, ENSEMBLE: [0.5] * 14}, NIH14,
+                           ["vanilla_cnn", "vit_scratch"])
+    cards = [c.card for c in nih if c.id in comp.models]
+    rep = compare.case_report(comp, np.zeros((64, 64), np.uint8), "x.png", cards, "cards",
+                              [("vanilla_cnn: Mass", np.zeros((32, 32, 3), np.uint8))], None, "now")
+    assert rep.model_ids == ["vanilla_cnn", "vit_scratch"] and rep.probs[ENSEMBLE] == [0.4] * 14
+    assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
+    assert case_report_pdf(rep).startswith(b"%PDF")
+
+
+def test_card_sections_limits_and_results_are_readable(nih):
+    unshipped = next(c for c in nih if c.id == "resnet18")
+    sections = compare.card_sections(unshipped)
+    assert list(sections) == ["Model", "Training data", "Initialisation", "Results", "Training", "Provenance"]
+    assert ("Weights shipped", "no") in sections["Model"]
+    assert "400 train / 80 val / 120 test" in dict(sections["Training data"])["Data"]
+    assert any("not shipped" in line for line in compare.card_limits(unshipped))
+    frame = compare.results_frame(unshipped.card)
+    assert list(frame.index) == NIH14 and frame["auc"].between(0, 1).all()
+    ensemble = next(c for c in nih if c.id == ENSEMBLE)
+    assert dict(compare.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"
+
+
+def test_benchmark_frames(nih):
+    matrix = compare.per_label_matrix(nih, "auc")
+    assert list(matrix.columns) == NIH14 and set(matrix.index) == {c.id for c in nih}
+    history = compare.history_frame(nih)
+    assert set(history["model"]) == {"vanilla_cnn", "vit_scratch", "resnet18"}  # the ensemble has no history
+    prevalence = compare.prevalence_frame(nih[0].card)
+    assert len(prevalence) == 3 * 14 and np.allclose(prevalence["share"], 0.3)
+    rel = compare.reliability_of(nih[0].predictions(), metrics.TASK_MULTILABEL)
+    assert 0 <= rel["ece"] <= 1 and sum(rel["count"]) == 120 * 14
+
+
+def test_published_tables_are_per_task():
+    nih = compare.published_tables("nih14-local")
+    assert ["MedMNIST v2" in nih[0].title, "CheXNet" in nih[1].title] == [True, True]
+    assert isinstance(nih[1].frame, pd.DataFrame) and len(nih[1].frame) == 14 and nih[0].source
+    assert [t.title for t in compare.published_tables("pneumoniamnist-local")] == ["MedMNIST v2: pneumoniamnist"]

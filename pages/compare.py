@@ -55,7 +55,7 @@ ui.header("Compare", "Upload a chest X-ray to see how each model reads it: proba
           "model's operating threshold, and where the models disagree.", sel)
 ui.need_models(sel)
 
-left, right = st.columns([1, 2], gap="large")
+left, right = st.columns([2, 5], gap="large")
 with left:
     ui.image_input(sel)
 case = ui.case()
@@ -68,6 +68,8 @@ with left:
     image = case.image
     st.image(image.pixels, caption=f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} "
                                    f"px, {image.bit_depth}-bit {image.original_mode}", width="stretch")
+    sizes = sorted({m.data_size for m in sel.models.values()})
+    st.caption(f"The models see the centre square at {' / '.join(map(str, sizes))} px, resized exactly as in training.")
     if case.truth is not None:
         st.caption(f"Dataset labels ({case.source}): **{', '.join(case.truth) or 'No finding'}**")
     show_ids = bool(image.identifiers) and st.checkbox(
@@ -92,16 +94,21 @@ with right:
     b.metric(f"Positive labels ({lead})", int(calls[lead].sum()), border=True)
     c.metric("Labels where models split", int(agree["split"].sum()), border=True,
              help="At least one model calls the label positive and at least one negative.")
-    table = comp.probs.copy()
-    table["SD"] = agree["sd"]
-    table["Votes +"] = [f"{p}/{len(comp.models)}" for p in agree["n_positive"]]
-    table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
+    table = pd.DataFrame(index=comp.probs.index)  # what to read first, then one column per model
     if case.truth is not None:
         table["Truth"] = ["✓" if label in case.truth else "" for label in table.index]
-    st.dataframe(ui.call_style(comp, table), height=38 + 35 * len(table), width="stretch",
-                 column_config={"_index": st.column_config.TextColumn("Label", width="medium"),
-                                "SD": st.column_config.NumberColumn(help="Spread of the models' probabilities"),
-                                "Votes +": st.column_config.TextColumn(help="Models calling the label positive")})
+    if ENSEMBLE in comp.probs:
+        table[ENSEMBLE] = comp.probs[ENSEMBLE]
+    if len(comp.models) > 1:
+        table["Votes +"] = [f"{p}/{len(comp.models)}" for p in agree["n_positive"]]
+        table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
+        table["SD"] = agree["sd"]
+    table = table.join(comp.probs[comp.models])
+    st.dataframe(ui.call_style(comp, table), height=38 + 35 * len(table), width="stretch", column_config={
+        "_index": st.column_config.TextColumn("Label", width="medium", pinned=True),
+        "SD": st.column_config.NumberColumn(help="Spread (standard deviation) of the models' probabilities"),
+        "Votes +": st.column_config.TextColumn(help="Models calling the label positive"),
+        **{m: st.column_config.NumberColumn(width="small", help=m) for m in comp.models}})
     source = compare.threshold_source(ui.overrides(sel.dataset))
     st.caption("Cells: probability. **Red, bold: positive call** (at or above the model's threshold); green: negative. "
                f"Ensemble: mean of the chosen models. Thresholds: {source}.")

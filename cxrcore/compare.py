@@ -7,6 +7,7 @@ summary a radiologist reads in the app is computed here, without Streamlit, and 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ DEFAULT_THRESHOLD = 0.5
 DISPLAY_SIZE = 320  # px of the square the app draws images and CAMs at
 NIH_ORIGINAL_SHAPE = (1024, 1024)  # every ChestX-ray14 PNG is 1024 x 1024; NIH boxes are in these pixels
 _NIH_BOX_LABELS = {"Infiltrate": "Infiltration"}  # BBox_List_2017 names one finding differently from the labels
+log = logging.getLogger(__name__)
 
 
 # ---- the image being read ------------------------------------------------------------------------------------------
@@ -271,13 +273,18 @@ def peak_hits(cam: np.ndarray, boxes: Sequence[Box]) -> dict[str, bool]:
 # ---- out-of-distribution warning ------------------------------------------------------------------------------------
 
 def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray) -> str | None:
-    """A warning when the image does not look like the training X-rays, judged by the first model with an
-    ``ood.json``; None when it looks fine or no model has a detector."""
+    """A warning when the image does not look like the training X-rays, judged by the first model with a usable
+    ``ood.json``; None when it looks fine or no model has a detector (a broken one is logged and skipped: the warning
+    is advisory and must not stop the comparison)."""
     for m in models:
-        detector = load_for(m)
-        if detector is None:
+        try:
+            detector = load_for(m)
+            if detector is None:
+                continue
+            score = float(detector.score(features(m, model_input(pixels, m.data_size)))[0])
+        except (ValueError, TypeError, OSError) as exc:
+            log.warning("skipping %s's out-of-distribution detector: %s", m.id, exc)
             continue
-        score = float(detector.score(features(m, model_input(pixels, m.data_size)))[0])
         if score <= detector.threshold:
             return None
         return (f"This image does not look like the frontal chest X-rays the models were trained on (distance "

@@ -67,6 +67,7 @@ def test_split(dataset: str, size: int) -> data.Dataset | None:
 
 @st.cache_resource(show_spinner=False)
 def nih_boxes() -> dict[str, list[data.Box]]:
+    """NIH radiologists' boxes by image file name ({} when the box list is not on this machine)."""
     return data.load_boxes()
 
 
@@ -127,8 +128,9 @@ def selection() -> Selection:
                      task_checkpoints(str(root), dataset))
 
 
-def sidebar() -> Selection:
-    """Task switch and model multiselect (default: every loadable model of the task)."""
+def sidebar() -> None:
+    """Task switch and model multiselect (default: every loadable model of the task); pages read them through
+    :func:`selection`."""
     with st.sidebar:
         dataset = st.radio("Task", list(TASKS), format_func=TASKS.get, key="task", persist_state="session")
         loaded, problems = load_models(str(checkpoint_root()), dataset)
@@ -136,7 +138,6 @@ def sidebar() -> Selection:
                        help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen.")
         if problems:
             st.caption(f"{len(problems)} more with a card but no usable weights: see **Models**.")
-    return selection()
 
 
 def header(title: str, intro: str, sel: Selection) -> None:

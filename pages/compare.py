@@ -124,13 +124,14 @@ stem = Path(case.name).stem or "image"
 csv = comp.flat()
 if show_ids:
     csv = csv.assign(**image.identifiers)
-d1, d2 = st.columns([1, 3])
+d1, d2, d3 = st.columns([1, 1, 3], vertical_alignment="center")
 d1.download_button("Table (CSV)", csv.to_csv(index=False), file_name=f"{stem}_cxr_compare.csv", mime="text/csv",
                    icon=":material/download:", on_click="ignore")
 report_key = (image.sha256, tuple(comp.probs.columns), comp.thresholds.to_numpy().tobytes(), show_ids)
-with d2:
-    if st.button("Build PDF report", icon=":material/picture_as_pdf:",
-                 help="Adds a Grad-CAM of each model's most likely label; takes a few seconds."):
+build = d2.button("Build PDF report", icon=":material/picture_as_pdf:",
+                  help="Adds a Grad-CAM of each model's most likely label; takes a few seconds.")
+with d3:
+    if build:
         with st.status("Building the case report…", expanded=False) as status:
             name = case.name + ("  |  " + ", ".join(f"{k}: {v}" for k, v in image.identifiers.items())
                                 if show_ids else "")

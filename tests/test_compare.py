@@ -224,6 +224,8 @@ def test_ood_warning_only_when_a_detector_flags_the_image(tmp_path):
     assert "does not look like" in compare.ood_warning([m], pixels)
     write_ood(ck.path, "vanilla_cnn", 128, threshold=1e9)
     assert compare.ood_warning([m], pixels) is None
+    write_ood(ck.path, "vanilla_cnn", 7, threshold=0.0)  # fitted on other features: skipped, not a crash
+    assert compare.ood_warning([m], pixels) is None
 
 
 # ---- report, cards, benchmarks -------------------------------------------------------------------------------------

@@ -133,8 +133,10 @@ def freeze_all_but(model: nn.Module, n: int) -> None:
         from timm.models import group_parameters
 
         groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
-    else:
-        groups = [[f"{m}.{p}" for p, _ in mod.named_parameters()] for m, mod in model.named_children()]
+    else:  # e.g. SimpleCNN: each block of a Sequential is a group; parameter-free modules (pooling) are none
+        children = [(f"{m}.{c}" if c else m, sub) for m, mod in model.named_children()
+                    for c, sub in (mod.named_children() if isinstance(mod, nn.Sequential) else [("", mod)])]
+        groups = [g for g in ([f"{m}.{p}" for p, _ in mod.named_parameters()] for m, mod in children) if g]
     keep = {name for g in groups[-(n + 1):] for name in g}
     for name, p in model.named_parameters():
         p.requires_grad = name in keep
@@ -288,9 +290,10 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
         train_model.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
         for step in range(steps):
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size][dist.rank::dist.world][:per_rank]
-            if len(idx) == 0:
+            batch = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if len(batch) < dist.world:  # skipped on every rank alike: a rank left out would hang DDP's all-reduce
                 continue
+            idx = batch[dist.rank::dist.world][:per_rank]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(epoch + step / steps, cfg)
             x = prep(x_train[idx]).to(dev)
@@ -309,6 +312,9 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
                 progress({"epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen})
         epoch_s = time.perf_counter() - t0
         elapsed += epoch_s
+        if dist.world > 1:  # BatchNorm statistics drift apart per rank: all evaluate rank 0's, so all stop alike
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, 0)
         val = evaluate(model, data, "val", prep, loss_fn)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
                "val_loss": val["loss"], "val_acc": val["acc"], "val_sensitivity": val["sensitivity"],
@@ -320,7 +326,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
         else:
             bad += 1
         if progress and dist.main:
-            progress({"epoch": epoch, "done": True, **{k: v for k, v in row.items()}})
+            progress({**row, "epoch": epoch, "done": True})  # 0-based like the step events (row["epoch"] is 1-based)
         if dist.main:
             work_dir.mkdir(parents=True, exist_ok=True)
             _save_resume(resume_path, {

@@ -8,6 +8,21 @@ import pytest
 
 from cxrcore.data import data_dir as _data_dir
 
+NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+         "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread (``CXR_TEST_THREADS`` to change): these 2-core machines usually train in the background,
+    and two spinning OpenMP threads competing with it made small forward passes 10-50x slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CXR_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -19,3 +34,47 @@ def data_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def _tiny_card(model_id: str, size: int = 64, labels: list[str] | None = None, channels: int = 1,
+              task: str = "multi-label, binary-class") -> dict:
+    """The card fields that loading a checkpoint reads (what ``runs.train_one`` writes, minus the metrics)."""
+    from cxrcore.zoo import get_spec
+
+    spec = get_spec(model_id)
+    return {
+        "id": model_id, "arch": spec.arch, "family": spec.family,
+        "dataset": {"name": "nih14-local", "size": size, "channels": channels, "split_checksum": "tiny"},
+        "label_names": list(labels or NIH14), "task": task, "input_size": spec.model_input_size(size),
+        "normalisation": list(spec.norm),
+        "init": {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
+        "metrics": {}, "rebuild_command": f"python train/run_all.py --models {model_id}",
+    }
+
+
+@pytest.fixture
+def tiny_card():
+    """``tiny_card(model_id, size=64, labels=None, channels=1, task=...) -> dict``: a minimal loadable card."""
+    return _tiny_card
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """``make(model_id, root=None, model=None, size=64) -> (folder, model)``: a randomly initialised zoo model saved
+    with :func:`cxrcore.checkpoints.save` (fp16 safetensors, card, empty predictions and history)."""
+    import torch
+
+    from cxrcore import checkpoints
+    from cxrcore.zoo import create_model
+
+    def make(model_id: str, root: Path | None = None, model=None, size: int = 64, card: dict | None = None,
+             seed: int = 0):
+        root = Path(root or tmp_path / "checkpoints")
+        card = card or _tiny_card(model_id, size)
+        if model is None:
+            torch.manual_seed(seed)
+            model = create_model(model_id, len(card["label_names"]), card["dataset"]["channels"], size)
+        checkpoints.save(root / model_id, model, card, {}, [])
+        return root / model_id, model
+
+    return make

@@ -1,0 +1,320 @@
+"""Metrics agree with MedMNIST's evaluator and scikit-learn; thresholds, CIs and calibration behave as stated."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from medmnist.evaluator import getACC, getAUC
+from sklearn.metrics import (
+    accuracy_score, confusion_matrix, f1_score, hamming_loss as sk_hamming_loss, precision_score, recall_score,
+    roc_auc_score,
+)
+
+from cxrcore import metrics
+from cxrcore.metrics import TASK_BINARY, TASK_MULTICLASS, TASK_MULTILABEL
+
+NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+         "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+def multilabel(n: int = 300, labels: int = 14, seed: int = 0, signal: float = 1.0):
+    """Labels with ChestMNIST-like low prevalence and scores that carry some signal (ties included via rounding)."""
+    rng = np.random.default_rng(seed)
+    prevalence = rng.uniform(0.03, 0.3, labels)
+    y = (rng.uniform(size=(n, labels)) < prevalence).astype(np.float32)
+    y[0], y[1] = 1, 0  # every label has both classes
+    logits = rng.normal(size=(n, labels)) + signal * y - 1.5
+    return y, np.round(1 / (1 + np.exp(-logits)), 3)
+
+
+def binary(n: int = 300, seed: int = 0):
+    """(N, 1) labels and 2-column softmax scores, as PneumoniaMNIST models produce."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, 1)).astype(np.float32)
+    z = rng.normal(size=(n, 2)) + np.hstack([1 - y, y])
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    return y, p
+
+
+def multiclass(n: int = 300, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, (n, 1)).astype(np.float32)
+    z = rng.normal(size=(n, classes)) + np.eye(classes)[y[:, 0].astype(int)]
+    return y, np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+TASKS = {TASK_MULTILABEL: multilabel, TASK_BINARY: binary, TASK_MULTICLASS: multiclass}
+
+
+# ---- MedMNIST semantics --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_and_acc_equal_medmnist_evaluator(task, seed):
+    y, p = TASKS[task](seed=seed)
+    assert metrics.get_auc(y, p, task) == pytest.approx(getAUC(y, p, task), abs=1e-12)
+    assert metrics.get_acc(y, p, task) == pytest.approx(getACC(y, p, task), abs=1e-12)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.7])
+@pytest.mark.parametrize("task", [TASK_MULTILABEL, TASK_BINARY])
+def test_acc_threshold_matches_medmnist(task, threshold):
+    y, p = TASKS[task](seed=3)
+    assert metrics.get_acc(y, p, task, threshold) == pytest.approx(getACC(y, p, task, threshold), abs=1e-12)
+
+
+def test_binary_auc_uses_the_positive_column():
+    y, p = binary()
+    assert metrics.get_auc(y, p, TASK_BINARY) == pytest.approx(roc_auc_score(y[:, 0], p[:, 1]))
+    assert metrics.get_auc(y, p[:, ::-1], TASK_BINARY) == pytest.approx(1 - roc_auc_score(y[:, 0], p[:, 1]))
+
+
+def test_multilabel_auc_skips_a_label_with_one_class_where_medmnist_gives_nan():
+    y, p = multilabel()
+    y[:, 3] = 0
+    with pytest.warns(UserWarning):  # sklearn warns and returns NaN (older versions raised), so MedMNIST's mean is NaN
+        assert np.isnan(getAUC(y, p, TASK_MULTILABEL))
+    others = [j for j in range(14) if j != 3]
+    assert metrics.get_auc(y, p) == pytest.approx(np.mean([roc_auc_score(y[:, j], p[:, j]) for j in others]))
+
+
+# ---- per-label AUC and confusion-based statistics ------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_per_label_equals_sklearn(seed):
+    y, p = multilabel(seed=seed)
+    got = metrics.auc_per_label(y, p)
+    assert got.shape == (14,)
+    np.testing.assert_allclose(got, [roc_auc_score(y[:, j], p[:, j]) for j in range(14)], atol=1e-12)
+
+
+def test_auc_per_label_is_nan_where_a_label_has_one_class():
+    y, p = multilabel()
+    y[:, 0], y[:, 5] = 0, 1
+    got = metrics.auc_per_label(y, p)
+    assert np.isnan(got[[0, 5]]).all() and np.isfinite(np.delete(got, [0, 5])).all()
+
+
+def test_auc_per_label_handles_perfect_and_inverted_scores():
+    y = np.array([[0, 1], [0, 1], [1, 0], [1, 0]], dtype=float)
+    np.testing.assert_allclose(metrics.auc_per_label(y, y * 0.8 + 0.1), [1.0, 1.0])
+    np.testing.assert_allclose(metrics.auc_per_label(y, 1 - y), [0.0, 0.0])
+    np.testing.assert_allclose(metrics.auc_per_label(y, np.full_like(y, 0.5)), [0.5, 0.5])  # all tied
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.8])
+def test_binary_stats_equal_sklearn(threshold):
+    y, p = multilabel(n=400, seed=4)
+    t, s = y[:, 2], p[:, 2]
+    pred = (s >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(t, pred, labels=[0, 1]).ravel()
+    st = metrics.binary_stats(t, s, threshold)
+    assert (st["tp"], st["fp"], st["tn"], st["fn"]) == (tp, fp, tn, fn)
+    assert st["sensitivity"] == pytest.approx(recall_score(t, pred))
+    assert st["specificity"] == pytest.approx(recall_score(1 - t, 1 - pred))
+    assert st["ppv"] == pytest.approx(precision_score(t, pred, zero_division=np.nan), nan_ok=True)
+    assert st["npv"] == pytest.approx(precision_score(1 - t, 1 - pred, zero_division=np.nan), nan_ok=True)
+    assert st["f1"] == pytest.approx(f1_score(t, pred))
+    assert st["accuracy"] == pytest.approx(accuracy_score(t, pred))
+
+
+def test_binary_stats_counts_a_score_equal_to_the_threshold_as_positive_and_is_nan_when_undefined():
+    st = metrics.binary_stats(np.array([1, 0]), np.array([0.5, 0.2]), 0.5)
+    assert (st["tp"], st["tn"]) == (1, 1)
+    st = metrics.binary_stats(np.zeros(5), np.linspace(0, 0.4, 5), 0.5)
+    assert math.isnan(st["sensitivity"]) and math.isnan(st["ppv"]) and st["specificity"] == 1.0
+
+
+def test_macro_sens_spec_averages_per_label_stats_at_per_label_thresholds():
+    y, p = multilabel(seed=5)
+    th = np.linspace(0.2, 0.6, 14)
+    stats = [metrics.binary_stats(y[:, j], p[:, j], th[j]) for j in range(14)]
+    sens, spec = metrics.macro_sens_spec(y, p, th)
+    assert sens == pytest.approx(np.mean([s["sensitivity"] for s in stats]))
+    assert spec == pytest.approx(np.mean([s["specificity"] for s in stats]))
+
+
+# ---- operating thresholds ------------------------------------------------------------------------------------------
+
+def label_cases(n_cases: int = 12):
+    """One-label score sets: continuous, heavily tied (rounded to 0.05) and small ones."""
+    rng = np.random.default_rng(6)
+    for k in range(n_cases):
+        n = [40, 120, 500][k % 3]
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        s = np.clip(rng.normal(0.4 + 0.25 * y, 0.2), 0, 1)
+        yield y, (np.round(s / 0.05) * 0.05 if k % 2 else s)
+
+
+def candidates(s: np.ndarray) -> np.ndarray:
+    """Every threshold that gives a different set of calls."""
+    return np.unique(s)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_youden_threshold_maximises_j(case):
+    y, s = list(label_cases())[case]
+    th = metrics.threshold_youden(y, s)
+    j = lambda t: (lambda st: st["sensitivity"] + st["specificity"] - 1)(metrics.binary_stats(y, s, t))  # noqa: E731
+    assert j(th) == pytest.approx(max(j(t) for t in candidates(s)), abs=1e-12)
+    assert 0 <= th <= 1
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
+@pytest.mark.parametrize("case", range(12))
+def test_threshold_for_sensitivity_is_the_highest_reaching_the_target(case, target):
+    y, s = list(label_cases())[case]
+    th = metrics.threshold_for_sensitivity(y, s, target)
+    assert metrics.binary_stats(y, s, th)["sensitivity"] >= target
+    reaching = [t for t in candidates(s) if metrics.binary_stats(y, s, t)["sensitivity"] >= target]
+    assert th == pytest.approx(max(reaching))
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
+@pytest.mark.parametrize("case", range(12))
+def test_threshold_for_specificity_is_the_lowest_reaching_the_target(case, target):
+    y, s = list(label_cases())[case]
+    th = metrics.threshold_for_specificity(y, s, target)
+    assert metrics.binary_stats(y, s, th)["specificity"] >= target
+    reaching = [t for t in candidates(s) if metrics.binary_stats(y, s, t)["specificity"] >= target]
+    assert th == pytest.approx(min(reaching))
+
+
+@pytest.mark.parametrize("fn", [metrics.threshold_youden, metrics.threshold_for_sensitivity,
+                                metrics.threshold_for_specificity])
+def test_thresholds_fall_back_to_half_for_a_label_without_both_classes(fn):
+    s = np.linspace(0, 1, 10)
+    if fn is not metrics.threshold_for_specificity:
+        assert fn(np.zeros(10), s) == 0.5
+    if fn is not metrics.threshold_for_sensitivity:
+        assert fn(np.ones(10), s) == 0.5
+
+
+# ---- multi-label set metrics ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_exact_match_and_hamming_loss_equal_sklearn(threshold):
+    y, p = multilabel(seed=7, labels=3, signal=3.0)  # few labels, so some images are entirely right
+    pred = (p >= threshold).astype(int)
+    exact = metrics.exact_match_ratio(y, p, threshold)
+    assert exact == pytest.approx(accuracy_score(y.astype(int), pred)) and exact > 0
+    assert metrics.hamming_loss(y, p, threshold) == pytest.approx(sk_hamming_loss(y.astype(int), pred))
+
+
+def test_exact_match_and_hamming_loss_take_per_label_thresholds():
+    y = np.array([[1, 0], [0, 1]])
+    p = np.array([[0.4, 0.6], [0.1, 0.7]])
+    assert metrics.exact_match_ratio(y, p, 0.5) == 0.5  # the first image's second label is called positive
+    assert metrics.exact_match_ratio(y, p, np.array([0.3, 0.65])) == 1.0
+    assert metrics.hamming_loss(y, p, np.array([0.3, 0.65])) == 0.0
+
+
+# ---- bootstrap -----------------------------------------------------------------------------------------------------
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_data():
+    widths = []
+    for n in (100, 1600):
+        y, p = multilabel(n=n, seed=8)
+        point = metrics.get_auc(y, p)
+        lo, hi = metrics.bootstrap_ci(metrics.get_auc, y, p, n_boot=300)
+        assert lo < point < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 16x the data, about a quarter of the width
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_bootstrap_ci_is_reproducible_and_skips_undefined_resamples():
+    y, p = binary(n=60)
+    ci = metrics.bootstrap_ci(lambda a, b: roc_auc_score(a[:, 0], b[:, 1]), y, p, n_boot=100, seed=3)
+    assert ci == metrics.bootstrap_ci(lambda a, b: roc_auc_score(a[:, 0], b[:, 1]), y, p, n_boot=100, seed=3)
+    y1 = np.zeros((40, 1))
+    y1[0] = 1  # one positive: most resamples lack it and make roc_auc_score raise
+    lo, hi = metrics.bootstrap_ci(lambda a, b: roc_auc_score(a[:, 0], b[:, 0]), y1, np.linspace(0, 1, 40)[:, None],
+                                  n_boot=100)
+    assert 0 <= lo <= hi <= 1
+    assert all(map(math.isnan, metrics.bootstrap_ci(lambda a, b: float("nan"), y1, y1, n_boot=10)))
+
+
+def test_roc_band_brackets_the_curve():
+    y, p = multilabel(n=400, seed=9, signal=2.0)
+    band = metrics.roc_band(y[:, 0], p[:, 0], n_boot=100)
+    tpr_on_grid = np.interp(band["grid"], band["fpr"], band["tpr"])
+    inside = (np.array(band["tpr_lo"]) - 1e-9 <= tpr_on_grid) & (tpr_on_grid <= np.array(band["tpr_hi"]) + 1e-9)
+    assert inside.mean() > 0.9
+    assert max(band["thresholds"]) <= 1.0
+
+
+# ---- calibration ---------------------------------------------------------------------------------------------------
+
+def calibrated(n: int = 20000, seed: int = 10):
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(size=n)
+    return (rng.uniform(size=n) < s).astype(float), s
+
+
+def test_ece_is_small_for_calibrated_scores_and_large_for_overconfident_ones():
+    y, s = calibrated()
+    assert metrics.expected_calibration_error(y, s) < 0.02
+    overconfident = np.clip(0.5 + 1.8 * (s - 0.5), 0, 1)
+    assert metrics.expected_calibration_error(y, overconfident) > 0.1
+    assert metrics.expected_calibration_error(y, s ** 3) > 0.1  # under-confident in every bin
+
+
+def test_reliability_bins_pool_every_score_and_track_the_diagonal():
+    y, s = calibrated()
+    rel = metrics.reliability(y.reshape(-1, 4), s.reshape(-1, 4), n_bins=10)
+    assert sum(rel["count"]) == len(s) and len(rel["edges"]) == 11
+    np.testing.assert_allclose(rel["confidence"], np.arange(10) / 10 + 0.05, atol=0.01)
+    np.testing.assert_allclose(rel["frequency"], rel["confidence"], atol=0.04)
+    assert rel["count"][-1] > 0  # a score of exactly 1 would land in the last bin, not past it
+    assert metrics.reliability(np.array([1.0]), np.array([1.0]))["count"][-1] == 1
+
+
+# ---- summary for the model card ------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = {"n", "auc_macro", "auc_macro_ci", "acc", "sensitivity_macro", "specificity_macro", "exact_match",
+                "hamming_loss", "ece", "per_label"}
+PER_LABEL_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy", "tp", "fp", "tn", "fn",
+                  "auc", "positives"}
+
+
+def test_summarize_multilabel_has_every_key_and_no_nan():
+    y, p = multilabel(n=315, seed=11)
+    th = [metrics.threshold_youden(y[:, j], p[:, j]) for j in range(14)]
+    s = metrics.summarize(y, p, NIH14, thresholds=th, n_boot=100)
+    assert set(s) == SUMMARY_KEYS and list(s["per_label"]) == NIH14
+    assert s["n"] == 315 and s["auc_macro"] == pytest.approx(getAUC(y, p, TASK_MULTILABEL))
+    lo, hi = s["auc_macro_ci"]
+    assert lo < s["auc_macro"] < hi
+    for name, st in s["per_label"].items():
+        assert set(st) == PER_LABEL_KEYS
+        assert st["threshold"] == pytest.approx(th[NIH14.index(name)])
+        assert st["positives"] == int(y[:, NIH14.index(name)].sum())
+    flat = [v for k, v in s.items() if k != "per_label"] + [v for st in s["per_label"].values() for v in st.values()]
+    assert all(np.isfinite(np.asarray(v, dtype=float)).all() for v in flat)
+    json.loads(json.dumps(s, allow_nan=False))  # goes into card.json as strict JSON
+
+
+def test_summarize_reports_none_auc_for_a_label_without_positives():
+    y, p = multilabel(n=167, seed=12)
+    y[:, 13] = 0  # e.g. Hernia absent from a small validation split
+    s = metrics.summarize(y, p, NIH14, n_boot=50)
+    assert s["per_label"]["Hernia"]["auc"] is None and s["per_label"]["Hernia"]["positives"] == 0
+    assert np.isnan(metrics.auc_per_label(y, p)[13])
+    assert all(s["per_label"][n]["auc"] is not None for n in NIH14[:13])
+    assert math.isfinite(s["auc_macro"]) and math.isfinite(s["sensitivity_macro"])
+
+
+@pytest.mark.parametrize("task", [TASK_BINARY, TASK_MULTICLASS])
+def test_summarize_single_label_tasks_uses_one_column_per_class(task):
+    y, p = TASKS[task](seed=13)
+    names = [f"class{k}" for k in range(p.shape[1])]
+    s = metrics.summarize(y, p, names, task=task, n_boot=50)
+    assert s["auc_macro"] == pytest.approx(getAUC(y, p, task)) and s["acc"] == pytest.approx(getACC(y, p, task))
+    assert [s["per_label"][n]["positives"] for n in names] == np.bincount(y[:, 0].astype(int)).tolist()
+    assert s["per_label"][names[-1]]["auc"] == pytest.approx(roc_auc_score(y[:, 0] == p.shape[1] - 1, p[:, -1]))

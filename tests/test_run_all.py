@@ -1,0 +1,199 @@
+"""The training CLI end to end on the real data: what a quick run writes, that a second run skips up-to-date models,
+clear failures, and DistributedDataParallel under torchrun (2 CPU processes, gloo)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cxrcore import checkpoints
+from cxrcore.data import REPO_ROOT, load_dataset
+from cxrcore.zoo import list_models
+
+RUN_ALL = str(REPO_ROOT / "train" / "run_all.py")
+QUICK = ["--quick", "--models", "vanilla_cnn", "cnn_small", "--ensemble", "vanilla_cnn", "cnn_small"]
+QUICK_COUNTS = {"train": 160, "val": 80, "test": 80}  # run_all.QUICK_SUBSET
+
+
+def env(**extra) -> dict:
+    # one thread per process: these machines train in the background, and spinning OpenMP threads fight over 2 cores
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def run(*args: str, timeout: int = 600, **env_extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, RUN_ALL, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO_ROOT, env=env(**env_extra))
+
+
+def torchrun(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), script, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env())
+
+
+# ---- quick failures ------------------------------------------------------------------------------------------------
+
+def test_list_prints_every_id_one_a_line():
+    res = run("--list", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == list_models()
+
+
+def test_unknown_model_id_fails_before_training_and_names_it(tmp_path):
+    res = run("--quick", "--models", "vanilla_cnn", "resnet19", "--out", str(tmp_path), timeout=120)
+    assert res.returncode != 0
+    assert "unknown model id 'resnet19'" in res.stderr and "resnet18" in res.stderr
+    assert not any(tmp_path.iterdir())  # the typo stopped it before vanilla_cnn trained
+
+
+def test_missing_dataset_exits_2_with_the_way_to_fix_it(tmp_path):
+    res = run("--quick", "--models", "vanilla_cnn", "--out", str(tmp_path / "out"), timeout=120,
+              CXR_DATA_DIR=str(tmp_path))
+    assert res.returncode == 2
+    assert "error: nih14-local at 64 px needs" in res.stderr and "CXR_DATA_DIR" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+# ---- a quick run end to end ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("quick")
+    res = run(*QUICK, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["vanilla_cnn", "cnn_small"])
+def test_quick_run_writes_a_complete_card(quick, model_id):
+    out, res = quick
+    card = checkpoints.read_card(out / model_id)
+    assert card["id"] == model_id and card["dataset"]["name"] == "nih14-local" and card["dataset"]["size"] == 64
+    assert card["dataset"]["counts"] == QUICK_COUNTS and card["task"] == "multi-label, binary-class"
+    assert card["init"]["kind"] == "random" and card["hparams"]["epochs"] == 1 and card["epochs_run"] == 1
+    assert card["world_size"] == 1 and card["best_epoch"] == 1 and len(card["label_names"]) == 14
+    for split in ("val", "test"):
+        m = card["metrics"][split]
+        assert 0 <= m["auc_macro"] <= 1 and m["n"] == QUICK_COUNTS[split] and len(m["auc_macro_ci"]) == 2
+    assert len(card["thresholds"]["youden_val"]) == 14
+    assert "--quick" in card["rebuild_command"] and card["weights_sha256"]
+    assert f"{model_id}: 1 epochs" in res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["vanilla_cnn", "cnn_small", "ensemble"])
+def test_quick_run_stores_predictions_for_val_and_test(quick, model_id):
+    out, _ = quick
+    p = checkpoints.read_predictions(out / model_id)
+    assert set(p) == {"val_probs", "val_labels", "test_probs", "test_labels"}
+    for split in ("val", "test"):
+        probs, labels = p[f"{split}_probs"], p[f"{split}_labels"]
+        assert probs.shape == labels.shape == (QUICK_COUNTS[split], 14)
+        assert np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1
+        assert set(np.unique(labels)) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_quick_run_weights_history_and_predictions_agree(quick):
+    """The shipped weights, loaded as the app loads them, reproduce the stored test predictions."""
+    from cxrcore.inference import load_model
+
+    out, _ = quick
+    ck = out / "vanilla_cnn"
+    assert checkpoints.read_weights(ck)  # sha256 matches the card
+    assert not (ck / ".resume.pt").exists()
+    history = checkpoints.read_history(ck)
+    assert len(history) == 1 and {"epoch", "train_loss", "val_auc"} <= set(history[0])
+    card = checkpoints.read_card(ck)
+    assert history[0]["val_auc"] == pytest.approx(card["metrics"]["val"]["auc_macro"], abs=0.02)
+    data = load_dataset("nih14-local", 64).subset(QUICK_COUNTS)
+    stored = checkpoints.read_predictions(ck)
+    np.testing.assert_array_equal(stored["test_labels"], data.labels["test"])
+    np.testing.assert_allclose(load_model(ck).predict(data.images["test"]), stored["test_probs"], atol=0.02)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_tables_and_ensemble(quick):
+    out, _ = quick
+    with open(out / "benchmarks.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["model"] for r in rows) == ["cnn_small", "ensemble", "vanilla_cnn"]
+    md = (out / "benchmarks.md").read_text()
+    assert md.startswith("| model |") and all(m in md for m in ("vanilla_cnn", "cnn_small", "ensemble"))
+    ens = json.loads((out / "ensemble" / "card.json").read_text())
+    assert ens["members"] == ["vanilla_cnn", "cnn_small"] and ens["id"] == "ensemble"
+    p = {m: checkpoints.read_predictions(out / m) for m in ("vanilla_cnn", "cnn_small", "ensemble")}
+    np.testing.assert_allclose(p["ensemble"]["test_probs"], (p["vanilla_cnn"]["test_probs"] +
+                                                            p["cnn_small"]["test_probs"]) / 2, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_second_identical_run_skips_up_to_date_models(quick):
+    out, _ = quick
+    before = {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in ("vanilla_cnn", "cnn_small")}
+    res = run(*QUICK, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "vanilla_cnn: up to date, skipped" in res.stdout and "cnn_small: up to date, skipped" in res.stdout
+    assert {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in before} == before
+
+
+# ---- DistributedDataParallel ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_checkpoint(tmp_path, data_dir):
+    res = torchrun(RUN_ALL, "--quick", "--models", "vanilla_cnn", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = checkpoints.find(tmp_path)
+    assert [c.id for c in found] == ["vanilla_cnn"]
+    card = found[0].card
+    assert card["world_size"] == 2 and card["epochs_run"] == 1 and checkpoints.read_weights(found[0].path)
+    assert res.stdout.count("vanilla_cnn: 1 epochs") == 1  # only rank 0 reports and writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.csv", "benchmarks.md", "vanilla_cnn"]
+
+
+RANKS_AGREE = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from cxrcore.data import load_dataset
+    from cxrcore.engine import Dist, TrainConfig, fit
+    from cxrcore.zoo import create_model, get_spec
+
+    dist = Dist.from_env()
+    # 65 training images in batches of 32: the last batch holds one image, which two ranks cannot share
+    data = load_dataset("nih14-local", 64).subset({"train": 65, "val": 48, "test": 8})
+    spec = get_spec("vanilla_cnn")
+    cfg = TrainConfig.for_model(spec, epochs=3, batch_size=32, patience=1)
+    torch.manual_seed(dist.rank)  # different starts: DDP must broadcast rank 0's weights
+    res = fit(create_model("vanilla_cnn", 14, 1, 64), spec, data, cfg, Path(sys.argv[1]), dist=dist)
+    first = next(res.model.parameters()).flatten()[:5].tolist()
+    print("RESULT", json.dumps({"rank": dist.rank, "val_auc": [r["val_auc"] for r in res.history],
+                                "best": res.best_epoch, "stopped": res.stopped_early, "w": first}), flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stay_in_step(tmp_path, data_dir):
+    """Every rank must evaluate the same model and take the same best-epoch and early-stopping decisions (a rank
+    that stops alone leaves the other waiting in an all-reduce), and an uneven last batch must not desynchronise
+    them."""
+    script = tmp_path / "ranks_agree.py"
+    script.write_text(RANKS_AGREE)
+    res = torchrun(str(script), str(tmp_path / "work"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines()
+                      if line.startswith("RESULT ")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1]
+    r0, r1 = ({k: v for k, v in r.items() if k != "rank"} for r in results)
+    assert r0 == r1

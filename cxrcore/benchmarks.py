@@ -1,4 +1,5 @@
-"""Benchmark tables built from model cards: the papers' Table 1 layout, per-label metrics, and BENCHMARKS.md.
+"""Benchmark tables built from model cards: the papers' Table 1 layout, per-label metrics, training histories, label
+prevalence and calibration, as plain rows for the Benchmarks and Models pages and for BENCHMARKS.md.
 
 Every number comes from a card (or is recomputed from stored predictions); published reference numbers live in
 :mod:`cxrcore.published` and are always labelled as such.
@@ -7,8 +8,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from . import checkpoints, metrics, published
+from .runs import label_columns
 
 TABLE1_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_sensitivity",
                   "test_specificity", "val_auc", "test_auc", "test_auc_ci", "epochs", "best_epoch",
@@ -54,10 +59,25 @@ def markdown(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def per_label_rows(ck: checkpoints.Checkpoint, split: str = "test") -> list[dict]:
-    per = ck.card["metrics"][split]["per_label"]
-    return [{"label": k, "positives": v["positives"], "auc": v["auc"], "sensitivity": v["sensitivity"],
-             "specificity": v["specificity"], "threshold": v["threshold"]} for k, v in per.items()]
+PER_LABEL_COLUMNS = ["positives", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "threshold"]
+
+
+def per_label_rows(card: dict, split: str = "test") -> list[dict]:
+    """One model's per-label metrics at its card's thresholds, a row per label (None where undefined)."""
+    per = card["metrics"][split]["per_label"]
+    return [{"label": k, **{c: v.get(c) for c in PER_LABEL_COLUMNS}} for k, v in per.items()]
+
+
+def per_label_table(cks: Sequence[checkpoints.Checkpoint], metric: str = "auc", split: str = "test") -> list[dict]:
+    """One per-label card metric (AUC, sensitivity, specificity) of several models of one dataset: a row per label,
+    a column per model, None where undefined."""
+    names = cks[0].card["label_names"]
+    return [{"label": n, **{c.id: c.card["metrics"][split]["per_label"][n].get(metric) for c in cks}} for n in names]
+
+
+def history_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
+    """Every model's per-epoch history in long form (model, epoch, train_loss, val_loss, val_auc, ...)."""
+    return [{"model": ck.id, **row} for ck in cks for row in ck.history()]
 
 
 def direct(root: Path) -> list[checkpoints.Checkpoint]:
@@ -74,12 +94,6 @@ def write_tables(root: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     (root / "benchmarks.md").write_text(markdown(rows, TABLE1_COLUMNS) + "\n")
-
-
-def per_label_auc_table(cks: list[checkpoints.Checkpoint], split: str = "test") -> list[dict]:
-    """Labels x models test AUC (rows per label), for the models of one dataset."""
-    names = cks[0].card["label_names"]
-    return [{"label": n, **{c.id: c.card["metrics"][split]["per_label"][n]["auc"] for c in cks}} for n in names]
 
 
 def best_single(cks: list[checkpoints.Checkpoint], exclude: tuple[str, ...] = ("ensemble", "medmnist_baseline")):
@@ -131,9 +145,44 @@ def limits_text(card: dict) -> list[str]:
     return out
 
 
-def prevalence_table(card: dict) -> list[dict]:
-    prev = card["dataset"]["prevalence"]
-    return [{"label": n, **{s: prev[s][i] for s in ("train", "val", "test")}} for i, n in enumerate(card["label_names"])]
+def prevalence_rows(card: dict) -> list[dict]:
+    """Positives per label (or images per class) and split, with their share of the split, in long form."""
+    d = card["dataset"]
+    return [{"label": name, "split": split, "positives": int(n), "share": n / d["counts"][split]}
+            for split, values in d.get("prevalence", {}).items() for name, n in zip(card["label_names"], values)]
+
+
+def _prevalence_by_label(rows: list[dict]) -> list[dict]:
+    """Prevalence rows as BENCHMARKS.md lays them out: one row per label, the positives of each split beside."""
+    wide: dict[str, dict] = {}
+    for r in rows:
+        wide.setdefault(r["label"], {"label": r["label"]})[r["split"]] = r["positives"]
+    return list(wide.values())
+
+
+def split_arrays(preds: Mapping[str, np.ndarray], split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as one column per output, probabilities) of one stored split; binary tasks become one-vs-rest."""
+    probs = np.asarray(preds[f"{split}_probs"])
+    return label_columns(np.asarray(preds[f"{split}_labels"]), task, probs.shape[1]), probs
+
+
+def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10) -> dict:
+    """Reliability bins and ECE of stored test predictions (all labels pooled, as in the cards)."""
+    return metrics.reliability(*split_arrays(preds, "test", task), n_bins)
+
+
+def published_section(dataset: str) -> list[str]:
+    """BENCHMARKS.md's published tables of a dataset's task (:func:`published.tables`, as the Benchmarks page shows
+    them), each headed as not reproduced here, then the ones not transcribed."""
+    out = []
+    for table in published.tables(dataset):
+        note = f" {table.note}" if table.note else ""
+        out += [f"### Published (not reproduced here): {table.title}", "", f"Source: {table.source}.{note}", "",
+                markdown(table.rows), ""]
+    missing = published.not_transcribed(dataset)
+    if missing:
+        out += ["Not shown: " + "; ".join(missing) + ".", ""]
+    return out
 
 
 def write_report(root: Path, path: Path) -> None:
@@ -161,11 +210,12 @@ def write_report(root: Path, path: Path) -> None:
                     markdown(comparison), ""]
         shipped = [c for c in cks if c.has_weights or c.id == "ensemble"]
         if shipped and first["task"].startswith("multi-label"):
-            out += ["### Per-label test AUC (models with shipped weights)", "", markdown(per_label_auc_table(shipped)), ""]
-        out += ["### Data and its limits", "", *limits_text(first), "", markdown(prevalence_table(first)), ""]
+            out += ["### Per-label test AUC (models with shipped weights)", "", markdown(per_label_table(shipped)), ""]
+        out += ["### Data and its limits", "", *limits_text(first), "",
+                markdown(_prevalence_by_label(prevalence_rows(first))), ""]
         out += ["### Reproduce", "", "Commands (each card's `rebuild_command`) and wall time on this machine:", ""]
         out += [f"- `{c.card.get('rebuild_command')}`: {c.id}, {c.card['train_seconds'] / 60:.1f} min training"
                 for c in cks if c.id != "ensemble"]
         out.append("")
-        out += published.report_section(name, first)
+        out += published_section(name)
     path.write_text("\n".join(out) + "\n")

@@ -1,8 +1,11 @@
-"""What the app shows, as plain data: one image read by several models, operating thresholds, readable cards and the
-tables and series behind the benchmark charts.
+"""The per-image comparison of models, as plain data: the image being read, each model's probabilities, the
+operating thresholds, the ensemble column, Grad-CAM panels with NIH boxes, the out-of-distribution warning and the
+PDF report's data.
 
 The Streamlit pages only lay out what these functions return, so every call, threshold, disagreement flag and
-summary a radiologist reads in the app is computed here, without Streamlit, and unit-tested.
+summary a radiologist reads about an image is computed here, without Streamlit, and unit-tested. Readable model cards
+are in :mod:`cxrcore.cards`, benchmark tables in :mod:`cxrcore.benchmarks`, published numbers in
+:mod:`cxrcore.published`.
 """
 from __future__ import annotations
 
@@ -17,21 +20,16 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
-from . import explain, metrics, published
-from .checkpoints import Checkpoint
+from . import explain, metrics
+from .cards import training_data
 from .data import Box, Dataset
+from .engine import is_multilabel
 from .imaging import DecodedImage, Limits, decode, to_dataset_size, to_model_batch
 from .inference import LoadedModel
 from .ood import features, load_for
 from .report import ENSEMBLE, CaseReport, ReportModel
-from .runs import label_columns, val_thresholds
+from .runs import val_thresholds
 
-TASKS = {"nih14-local": "NIH ChestX-ray14 (14 findings)", "pneumoniamnist-local": "PneumoniaMNIST (normal / pneumonia)"}
-DATA_SOURCES = {
-    "nih14-local": "NIH ChestX-ray14 frontal radiographs (adults, NIH Clinical Center), a patient-split local subset; "
-                   "labels text-mined from reports",
-    "pneumoniamnist-local": "PneumoniaMNIST: paediatric frontal radiographs (ages 1-5, Guangzhou), MedMNIST split",
-}
 DEFAULT_THRESHOLD = 0.5
 DISPLAY_SIZE = 320  # px of the square the app draws images and CAMs at
 NIH_ORIGINAL_SHAPE = (1024, 1024)  # every ChestX-ray14 PNG is 1024 x 1024; NIH boxes are in these pixels
@@ -55,8 +53,7 @@ class Case:
 def upload_case(data: bytes, name: str, limits: Limits, all_boxes: Mapping[str, list[Box]]) -> Case:
     """Decode an upload (raises imaging.ImageError with a readable message) and attach its NIH boxes, if any."""
     image = decode(data, name, limits)
-    boxes = [box_on_square(b, image.pixels.shape, 1) for b in boxes_for(name, all_boxes)]
-    return Case(name, image, "upload", None, boxes)
+    return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape, all_boxes))
 
 
 def test_image_names(ds: Dataset) -> list[str]:
@@ -74,11 +71,11 @@ def test_split_case(ds: Dataset, index: int, all_boxes: Mapping[str, list[Box]])
     Image.fromarray(pixels).save(buf, format="PNG")
     name = test_image_names(ds)[index]
     y = ds.labels["test"][index]
-    truth = ([n for n, v in zip(ds.label_names, y) if v > 0.5] if ds.task.startswith("multi-label")
+    truth = ([n for n, v in zip(ds.label_names, y) if v > 0.5] if is_multilabel(ds.task)
              else [ds.label_names[int(y[0])]])
     shape = NIH_ORIGINAL_SHAPE if ds.name.startswith("nih14") else pixels.shape
-    boxes = [box_on_square(b, shape, 1) for b in boxes_for(name, all_boxes)]
-    return Case(name, decode(buf.getvalue(), name, Limits(min_side=1)), f"{ds.name} test split", truth, boxes)
+    return Case(name, decode(buf.getvalue(), name, Limits(min_side=1)), f"{ds.name} test split", truth,
+                boxes_for(name, shape, all_boxes))
 
 
 # ---- one image through the models -----------------------------------------------------------------------------------
@@ -144,9 +141,9 @@ def compare(probs: Mapping[str, Sequence[float]], thresholds: Mapping[str, Seque
     n = len(label_names)
     cols = [c for c in probs if c != ENSEMBLE]
     for col in cols:
-        for field, table in (("probs", probs), ("thresholds", thresholds)):
+        for name, table in (("probs", probs), ("thresholds", thresholds)):
             if col not in table or len(table[col]) != n:
-                raise ValueError(f"{field}[{col!r}] must hold {n} values, one per label")
+                raise ValueError(f"{name}[{col!r}] must hold {n} values, one per label")
     p = pd.DataFrame({c: np.asarray(probs[c], dtype=float) for c in cols}, index=list(label_names))
     t = pd.DataFrame({c: np.asarray(thresholds[c], dtype=float) for c in cols}, index=list(label_names))
     members = [c for c in ensemble_members if c in cols]
@@ -202,13 +199,7 @@ def threshold_source(overrides: Mapping[str, Mapping[str, float]]) -> str:
     return f"{base}; set by the user: {', '.join(changed)}" if changed else base
 
 
-# ---- stored predictions (ROC page, ensemble) -------------------------------------------------------------------------
-
-def split_arrays(preds: Mapping[str, np.ndarray], split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels as one column per output, probabilities) of one stored split; binary tasks become one-vs-rest."""
-    probs = np.asarray(preds[f"{split}_probs"])
-    return label_columns(np.asarray(preds[f"{split}_labels"]), task, probs.shape[1]), probs
-
+# ---- the ensemble column -------------------------------------------------------------------------------------------
 
 def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Stored predictions of the mean-probability ensemble of members evaluated on the same images."""
@@ -233,9 +224,10 @@ def ensemble_thresholds(ensemble_preds: Mapping[str, np.ndarray], task: str) -> 
 
 # ---- Grad-CAM and NIH boxes -----------------------------------------------------------------------------------------
 
-def boxes_for(filename: str, all_boxes: Mapping[str, list[Box]]) -> list[Box]:
-    """The NIH boxes of an image named like an NIH file, with box labels spelt as the model labels."""
-    return [Box(_NIH_BOX_LABELS.get(b.label, b.label), b.x, b.y, b.w, b.h)
+def boxes_for(filename: str, image_shape: tuple[int, int], all_boxes: Mapping[str, list[Box]]) -> list[Box]:
+    """The NIH boxes of an image named like an NIH file (in pixels of ``image_shape``), on the centre square as
+    fractions of its side, with box labels spelt as the model labels."""
+    return [box_on_square(Box(_NIH_BOX_LABELS.get(b.label, b.label), b.x, b.y, b.w, b.h), image_shape, 1)
             for b in all_boxes.get(os.path.basename(filename), [])]
 
 
@@ -248,16 +240,12 @@ def box_on_square(box: Box, image_shape: tuple[int, int], size: float) -> Box:
     return Box(box.label, (box.x - left) * s, (box.y - top) * s, box.w * s, box.h * s)
 
 
-def _scaled(box: Box, size: float) -> Box:
-    return Box(box.label, box.x * size, box.y * size, box.w * size, box.h * size)
-
-
 def cam_panel(square: np.ndarray, cam: np.ndarray, alpha: float, boxes: Sequence[Box] = ()) -> np.ndarray:
     """CAM blended over the display square, with boxes (fractions of the square) outlined in green."""
     rgb = Image.fromarray(explain.overlay(square, cam, alpha))
     draw = ImageDraw.Draw(rgb)
     side = square.shape[0]
-    for b in (_scaled(b, side) for b in boxes):
+    for b in (box_on_square(b, (1, 1), side) for b in boxes):  # fractions are pixels of a 1 x 1 image
         draw.rectangle([b.x, b.y, b.x + b.w, b.y + b.h], outline=(0, 255, 0), width=max(2, side // 160))
     return np.asarray(rgb)
 
@@ -312,135 +300,3 @@ def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards:
         threshold_source=source, models=[report_model(c) for c in cards], cams=list(cams), ood_warning=ood,
         created=created,
     )
-
-
-# ---- model cards, readable ------------------------------------------------------------------------------------------
-
-def training_data(card: dict) -> str:
-    """One line: which images, at what size, how many per split."""
-    d = card["dataset"]
-    counts = d.get("counts", {})
-    split = " / ".join(f"{counts[s]:,} {s}" for s in ("train", "val", "test") if s in counts)
-    return f"{TASKS.get(d['name'], d['name'])}, {d.get('size', '?')} px, {split} images"
-
-
-def _fmt(value: object, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
-    """A card as titled (field, value) lists a clinician can read, in the order they are asked about."""
-    c = ck.card
-    test, val = c["metrics"]["test"], c["metrics"]["val"]
-    lo, hi = test.get("auc_macro_ci", (None, None))
-    init = c["init"]
-    sections = {
-        "Model": [("Architecture", c.get("arch", "")), ("Family", c.get("family", "")),
-                  ("Reference", c.get("reference", "")),
-                  ("Parameters", f"{c.get('params_total', 0):,} ({c.get('params_trainable', 0):,} trainable)"),
-                  ("Input", f"{c.get('input_size') or 'n/a'} px, normalisation {c.get('normalisation')}"),
-                  ("Weights shipped", "yes" if ck.has_weights else "no")],
-        "Training data": [("Data", training_data(c)), ("Source", DATA_SOURCES.get(c["dataset"]["name"], "")),
-                          ("Task", c.get("task", "")), ("Labels", ", ".join(c.get("label_names", [])))],
-        "Initialisation": [("Kind", init.get("kind", "")), ("Source", init.get("source", "")),
-                           ("Weights SHA-256", _fmt(init.get("sha256")))],
-        "Results": [("Test AUC (95% CI)", f"{_fmt(test['auc_macro'])} ({_fmt(lo)}-{_fmt(hi)})"),
-                    ("Validation AUC", _fmt(val["auc_macro"])), ("Test accuracy (0.5)", _fmt(test["acc"])),
-                    ("Test sensitivity / specificity (card thresholds)",
-                     f"{_fmt(test['sensitivity_macro'])} / {_fmt(test['specificity_macro'])}"),
-                    ("Test calibration error (ECE)", _fmt(test.get("ece")))],
-        "Training": [("Epochs (best)", f"{c.get('epochs_run', 'n/a')} ({c.get('best_epoch', 'n/a')})"),
-                     ("Train time", f"{c.get('train_seconds', 0) / 60:.1f} min on {c.get('hardware', 'n/a')}"),
-                     ("Train / val loss", f"{_fmt(c['metrics'].get('train_loss'))} / "
-                                          f"{_fmt(c['metrics'].get('val_loss'))}")],
-        "Provenance": [("Weights SHA-256", _fmt(c.get("weights_sha256"))), ("Git commit", _fmt(c.get("git_commit"))),
-                       ("Created", _fmt(c.get("created"))), ("Rebuild", _fmt(c.get("rebuild_command")))],
-    }
-    if c.get("members"):
-        sections["Model"].insert(0, ("Members", ", ".join(c["members"])))
-    return sections
-
-
-def hparam_rows(card: dict) -> list[tuple[str, str]]:
-    """Hyperparameters as (name, value), numbers in their shortest form."""
-    return [(k, f"{v:g}" if isinstance(v, float) else _fmt(v)) for k, v in card.get("hparams", {}).items()]
-
-
-def card_limits(ck: Checkpoint) -> list[str]:
-    """What a reader must keep in mind, derived from the card itself."""
-    c, d = ck.card, ck.card["dataset"]
-    out = [f"Trained on {d['counts']['train']:,} images at {d['size']} px, far below diagnostic resolution; "
-           "small findings (nodules, thin pneumothorax) may be invisible to it.",
-           f"Evaluated on {d['counts']['test']:,} held-out images of the same source only; "
-           "no external or prospective validation.",
-           "Thresholds were chosen on the validation split; they are not calibrated to any clinical population."]
-    if d["name"].startswith("nih14"):
-        out.append("NIH labels were text-mined from reports and are known to be noisy.")
-    if d["name"].startswith("pneumoniamnist"):
-        out.append("Children aged 1-5 only; not applicable to adult films.")
-    if not ck.has_weights and c["id"] != ENSEMBLE:
-        out.append("Weights are not shipped: the card and stored predictions are shown, but it cannot read uploads.")
-    return out
-
-
-def results_frame(card: dict) -> pd.DataFrame:
-    """Per-label test metrics at the card's thresholds."""
-    per = card["metrics"]["test"]["per_label"]
-    cols = ["positives", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "threshold"]
-    return pd.DataFrame([{c: v.get(c) for c in cols} for v in per.values()], index=list(per), dtype=float)
-
-
-# ---- benchmark tables and series ------------------------------------------------------------------------------------
-
-def per_label_matrix(cks: Sequence[Checkpoint], metric: str, split: str = "test") -> pd.DataFrame:
-    """Models x labels of one per-label card metric (AUC, sensitivity, specificity), NaN where undefined."""
-    rows = {ck.id: {k: v.get(metric) for k, v in ck.card["metrics"][split]["per_label"].items()} for ck in cks}
-    return pd.DataFrame.from_dict(rows, orient="index").astype(float)
-
-
-def history_frame(cks: Sequence[Checkpoint]) -> pd.DataFrame:
-    """Every model's per-epoch history in long form (model, epoch, train_loss, val_loss, val_auc, ...)."""
-    frames = [pd.DataFrame(h).assign(model=ck.id) for ck in cks if (h := ck.history())]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "epoch"])
-
-
-def prevalence_frame(card: dict) -> pd.DataFrame:
-    """Positives per label (or images per class) and split, with their share of the split."""
-    d = card["dataset"]
-    rows = [{"label": name, "split": split, "positives": int(n), "share": n / d["counts"][split]}
-            for split, values in d.get("prevalence", {}).items() for name, n in zip(card["label_names"], values)]
-    return pd.DataFrame(rows, columns=["label", "split", "positives", "share"])
-
-
-def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10) -> dict:
-    """Reliability bins and ECE of stored test predictions (all labels pooled, as in the cards)."""
-    y, p = split_arrays(preds, "test", task)
-    return metrics.reliability(y, p, n_bins)
-
-
-@dataclass(frozen=True)
-class PublishedTable:
-    """Numbers from a paper, never reproduced here: the page shows them apart and says so."""
-
-    title: str
-    source: str
-    frame: pd.DataFrame
-
-
-def published_tables(dataset: str) -> list[PublishedTable]:
-    """The published reference tables that concern a dataset's task."""
-    rows = published.medmnist_rows(dataset)
-    out = []
-    if rows:
-        out.append(PublishedTable(f"MedMNIST v2: {published.flag_for(dataset)}", published.SOURCES["medmnist_v2"],
-                                  pd.DataFrame(rows).rename(columns={"auc": "AUC", "acc": "ACC"})))
-    if published.flag_for(dataset) == "chestmnist":
-        out.append(PublishedTable("CheXNet per-label AUC (DenseNet-121, full-resolution ChestX-ray14)",
-                                  published.SOURCES["chexnet"],
-                                  pd.DataFrame({"label": list(published.CHEXNET_AUC),
-                                                "AUC": list(published.CHEXNET_AUC.values())})))
-    return out

@@ -1,5 +1,11 @@
-"""Published reference numbers (not reproduced here): they are shown beside ours, always marked as published."""
+"""Published reference numbers (not reproduced here): they are shown beside ours, always marked as published.
+
+:func:`tables` is the one list of them both the Benchmarks page and BENCHMARKS.md show, so a table added there appears
+in both.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), Table of benchmark results: (AUC, ACC)
 MEDMNIST_V2 = {
@@ -37,6 +43,7 @@ SOURCES = {
 
 
 def flag_for(dataset: str) -> str | None:
+    """The MedMNIST dataset whose published numbers concern ours (the NIH subset is ChestMNIST's source)."""
     if dataset.startswith(("nih14", "chestmnist")):
         return "chestmnist"
     if dataset.startswith("pneumoniamnist"):
@@ -44,24 +51,30 @@ def flag_for(dataset: str) -> str | None:
     return None
 
 
-def medmnist_rows(dataset: str) -> list[dict]:
+@dataclass(frozen=True)
+class PublishedTable:
+    """Numbers from a paper, never reproduced here: every view shows them apart and says so."""
+
+    title: str
+    source: str
+    rows: list[dict]  # one dict per row, column name -> value
+    note: str = ""  # what the numbers were measured on, where that differs from this project's data
+
+
+def tables(dataset: str) -> list[PublishedTable]:
+    """The published reference tables that concern a dataset's task."""
     flag = flag_for(dataset)
-    return [{"method": k, "auc": a, "acc": c} for k, (a, c) in MEDMNIST_V2.get(flag, {}).items()]
-
-
-def report_section(dataset: str, card: dict) -> list[str]:
-    rows = medmnist_rows(dataset)
-    if not rows:
-        return []
-    out = [f"### Published (not reproduced here): MedMNIST v2, {flag_for(dataset)}", "",
-           f"Source: {SOURCES['medmnist_v2']}. Trained on the full official dataset, not on this project's data.", "",
-           "| method | AUC | ACC |", "|---|---|---|"]
-    out += [f"| {r['method']} | {r['auc']:.3f} | {r['acc']:.3f} |" for r in rows]
-    out.append("")
-    if flag_for(dataset) == "chestmnist":
-        out += ["Not shown: " + "; ".join(f"{k} ({v})" for k, v in NOT_TRANSCRIBED.items()) + ".", ""]
-        out += [f"### Published (not reproduced here): CheXNet per-label AUC", "", f"Source: {SOURCES['chexnet']}.", "",
-                "| label | AUC |", "|---|---|"]
-        out += [f"| {k} | {v:.3f} |" for k, v in CHEXNET_AUC.items()]
-        out.append("")
+    out = []
+    if flag in MEDMNIST_V2:
+        rows = [{"method": k, "AUC": auc, "ACC": acc} for k, (auc, acc) in MEDMNIST_V2[flag].items()]
+        out.append(PublishedTable(f"MedMNIST v2: {flag}", SOURCES["medmnist_v2"], rows,
+                                  "Trained on the full official dataset, not on this project's data."))
+    if flag == "chestmnist":
+        out.append(PublishedTable("CheXNet per-label AUC (DenseNet-121, full-resolution ChestX-ray14)",
+                                  SOURCES["chexnet"], [{"label": k, "AUC": v} for k, v in CHEXNET_AUC.items()]))
     return out
+
+
+def not_transcribed(dataset: str) -> list[str]:
+    """The tables of a dataset's task that are named but not shown, each with why, so no view hides the gap."""
+    return [f"{k} ({v})" for k, v in NOT_TRANSCRIBED.items()] if flag_for(dataset) == "chestmnist" else []

@@ -17,8 +17,9 @@ import plotly.colors
 import streamlit as st
 import torch
 
-from cxrcore import checkpoints, compare, data, explain, inference, metrics
-from cxrcore.compare import ENSEMBLE, TASKS, Case
+from cxrcore import benchmarks, cards, checkpoints, compare, data, explain, inference, metrics
+from cxrcore.cards import TASKS
+from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def header(title: str, intro: str, sel: Selection) -> None:
     """Page title, what the page is for, the research-use notice and the data the models learnt from."""
     st.title(title)
     st.caption(intro)
-    trained = "; ".join(dict.fromkeys(compare.training_data(c.card) for c in sel.cards)) or "no model cards found"
+    trained = "; ".join(dict.fromkeys(cards.training_data(c.card) for c in sel.cards)) or "no model cards found"
     st.markdown(f":material/science: {NOTICE} Models trained on: {trained}.")
 
 
@@ -350,7 +351,7 @@ def call_style(comp: compare.Comparison, frame: pd.DataFrame) -> pd.io.formats.s
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def _roc_band(root: str, dataset: str, column: str, ids: tuple[str, ...], label: int, task: str) -> dict[str, list]:
-    y, p = compare.split_arrays(_stored(root, dataset, column, ids), "test", task)
+    y, p = benchmarks.split_arrays(_stored(root, dataset, column, ids), "test", task)
     return metrics.roc_band(y[:, label], p[:, label])
 
 

@@ -5,7 +5,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import benchmarks, compare, published
+from cxrcore import benchmarks, cards, published
 from pages import _common as ui
 
 sel = ui.selection()
@@ -42,13 +42,13 @@ per_label, curves, prevalence, calibration = st.tabs(
 with per_label:
     metric = st.radio("Metric", ["auc", "sensitivity", "specificity"], horizontal=True, key="bench_metric",
                       format_func={"auc": "AUC", "sensitivity": "Sensitivity", "specificity": "Specificity"}.get)
-    matrix = compare.per_label_matrix(cks, metric)
+    matrix = pd.DataFrame(benchmarks.per_label_table(cks, metric)).set_index("label").T.astype(float)
     fig = px.imshow(matrix, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="RdYlGn", aspect="auto")
     fig.update_layout(height=120 + 32 * len(matrix), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="per_label_heatmap")
     st.caption("Test split. Sensitivity and specificity at each card's validation-chosen threshold; blank: undefined.")
 with curves:
-    history = compare.history_frame(cks)
+    history = pd.DataFrame(benchmarks.history_rows(cks))
     series = [c for c in history.columns if c not in ("model", "epoch", "lr", "epoch_seconds")]
     if series:
         shown = st.radio("Series", series, horizontal=True, key="bench_series")
@@ -59,19 +59,19 @@ with curves:
     else:
         st.info("No training history stored.")
 with prevalence:
-    frame = compare.prevalence_frame(cks[0].card)
+    frame = pd.DataFrame(benchmarks.prevalence_rows(cks[0].card))
     fig = px.bar(frame, x="label", y="share", color="split", barmode="group", hover_data=["positives"],
                  labels={"share": "share of the split's images"})
     fig.update_layout(height=400, margin=dict(l=10, r=10, t=10, b=10), yaxis_tickformat=".0%")
     st.plotly_chart(fig, key="prevalence_chart")
-    st.caption(compare.training_data(cks[0].card))
+    st.caption(cards.training_data(cks[0].card))
 with calibration:
     chosen = st.multiselect("Models", list(table.index), default=list(table.index)[:4], key="bench_calibration")
     fig = go.Figure()
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dot", color="grey"))
     palette = ui.colors(list(table.index))
     for ck in (c for c in cks if c.id in chosen):
-        rel = compare.reliability_of(ui.card_predictions(ck.path), sel.task)
+        rel = benchmarks.reliability_of(ui.card_predictions(ck.path), sel.task)
         fig.add_trace(go.Scatter(x=rel["confidence"], y=rel["frequency"], mode="lines+markers",
                                  name=f"{ck.id} (ECE {rel['ece']:.3f})", line=dict(color=palette[ck.id]),
                                  customdata=rel["count"], hovertemplate="confidence %{x:.2f}, observed %{y:.2f}, "
@@ -87,14 +87,16 @@ st.divider()
 st.subheader("Published reference numbers: not reproduced here")
 st.warning("These come from the papers, trained and tested on other (usually full-size) data. They are context, not "
            "a like-for-like comparison with the table above.", icon=":material/menu_book:")
-tables = compare.published_tables(sel.dataset)
+tables = published.tables(sel.dataset)
 for col, pub in zip(st.columns(max(1, len(tables))), tables):
     with col:
         st.markdown(f"**{pub.title}** (published)")
-        st.dataframe(pub.frame, hide_index=True, column_config={
-            c: st.column_config.NumberColumn(format="%.3f") for c in pub.frame.select_dtypes("number")})
-        st.caption(f"Source: {pub.source}")
-if published.flag_for(sel.dataset) == "chestmnist":
-    st.caption("Not shown yet: " + "; ".join(f"{k} ({v})" for k, v in published.NOT_TRANSCRIBED.items()) + ".")
+        frame = pd.DataFrame(pub.rows)
+        st.dataframe(frame, hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in frame.select_dtypes("number")})
+        st.caption(f"Source: {pub.source}. {pub.note}".strip())
+missing = published.not_transcribed(sel.dataset)
+if missing:
+    st.caption("Not shown yet: " + "; ".join(missing) + ".")
 if not tables:
     st.caption("No published reference numbers for this task yet.")

@@ -3,7 +3,7 @@ did, and its limits. Models without shipped weights show their card and the comm
 import pandas as pd
 import streamlit as st
 
-from cxrcore import compare
+from cxrcore import benchmarks, cards, compare
 from pages import _common as ui
 
 sel = ui.selection()
@@ -29,20 +29,21 @@ for k, ck in enumerate(sel.cards):
             st.code(ck.card.get("rebuild_command", ""), language="bash")
         if ck.id in sel.problems and ck.has_weights:
             st.error(sel.problems[ck.id], icon=":material/error:")
-        sections = compare.card_sections(ck)
+        sections = cards.card_sections(ck)
         left, right = st.columns(2, gap="large")
         for i, (name, rows) in enumerate(sections.items()):
             with (left if i % 2 == 0 else right):
                 st.markdown(f"##### {name}")
                 key_values(rows)
         st.markdown("##### Limits")
-        st.markdown("\n".join(f"- {line}" for line in compare.card_limits(ck)))
-        hp = compare.hparam_rows(ck.card)
+        st.markdown("\n".join(f"- {line}" for line in cards.card_limits(ck)))
+        hp = cards.hparam_rows(ck.card)
         if hp:
             st.markdown("##### Hyperparameters")
             st.dataframe(pd.DataFrame(hp, columns=["hyperparameter", "value"]).set_index("hyperparameter").T,
                          width="stretch")
         st.markdown("##### Per-label test metrics (at the card's thresholds)")
-        st.dataframe(compare.results_frame(ck.card), width="stretch", column_config={
+        results = pd.DataFrame(benchmarks.per_label_rows(ck.card)).set_index("label").astype(float)
+        st.dataframe(results, width="stretch", column_config={
             c: st.column_config.NumberColumn(format="%.3f") for c in
             ("auc", "sensitivity", "specificity", "ppv", "npv", "f1", "threshold")})

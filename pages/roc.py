@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import compare, metrics
+from cxrcore import benchmarks, compare, metrics
 from cxrcore.compare import ENSEMBLE
 from pages import _common as ui
 
@@ -28,8 +28,8 @@ changed = ui.overrides(sel.dataset)
 defaults = {c: float(ui.default_thresholds(sel, c)[j]) for c in columns}
 in_force = ui.thresholds(sel)
 active = {c: float(in_force[c][j]) for c in columns}
-test = {c: tuple(a[:, j] for a in compare.split_arrays(ui.stored(sel, c), "test", sel.task)) for c in columns}
-fit = {c: tuple(a[:, j] for a in compare.split_arrays(ui.stored(sel, c), fit_on, sel.task)) for c in columns}
+test = {c: tuple(a[:, j] for a in benchmarks.split_arrays(ui.stored(sel, c), "test", sel.task)) for c in columns}
+fit = {c: tuple(a[:, j] for a in benchmarks.split_arrays(ui.stored(sel, c), fit_on, sel.task)) for c in columns}
 presets = {c: compare.preset_thresholds(*fit[c], defaults[c]) for c in columns}
 stats = {c: metrics.binary_stats(*test[c], active[c]) for c in columns}
 at_default = {c: metrics.binary_stats(*test[c], defaults[c]) for c in columns}

@@ -1,11 +1,10 @@
-"""The app's logic without Streamlit: calls, ensemble, disagreement, thresholds and presets, boxes and CAM peaks,
-the out-of-distribution warning, the report data, and what the benchmark and model pages tabulate."""
+"""The per-image comparison without Streamlit: calls, ensemble, disagreement, thresholds and presets, boxes and CAM
+peaks, the out-of-distribution warning and the report data."""
 from __future__ import annotations
 
 import io
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from helpers import NIH14, dicom, fake_checkpoint, fake_checkpoint_root, write_ood
@@ -125,7 +124,7 @@ def test_threshold_source_names_the_users_changes():
     assert "vanilla_cnn Mass=0.700" in compare.threshold_source({"vanilla_cnn": {"Mass": 0.7}})
 
 
-# ---- stored predictions and the ensemble -----------------------------------------------------------------------------
+# ---- the ensemble column -------------------------------------------------------------------------------------------
 
 def test_ensemble_predictions_average_members_and_refuse_other_images(nih):
     shipped = [c.predictions() for c in nih if c.id in ("vanilla_cnn", "vit_scratch")]
@@ -143,14 +142,6 @@ def test_ensemble_thresholds_are_youden_on_validation_only(nih):
     np.testing.assert_allclose(thr, val_thresholds(ens["val_labels"], ens["val_probs"], metrics.TASK_MULTILABEL))
     shuffled = {**ens, "test_probs": ens["test_probs"][::-1]}
     np.testing.assert_allclose(compare.ensemble_thresholds(shuffled, metrics.TASK_MULTILABEL), thr)
-
-
-def test_binary_split_arrays_are_one_column_per_class(root):
-    ck = next(c for c in find(root) if c.dataset == "pneumoniamnist-local")
-    y, p = compare.split_arrays(ck.predictions(), "test", ck.card["task"])
-    assert y.shape == p.shape == (120, 2)
-    np.testing.assert_array_equal(y[:, 1], ck.predictions()["test_labels"][:, 0])
-    np.testing.assert_array_equal(y.sum(1), 1)
 
 
 # ---- one image -----------------------------------------------------------------------------------------------------
@@ -228,7 +219,7 @@ def test_ood_warning_only_when_a_detector_flags_the_image(tmp_path):
     assert compare.ood_warning([m], pixels) is None
 
 
-# ---- report, cards, benchmarks -------------------------------------------------------------------------------------
+# ---- the PDF report ------------------------------------------------------------------------------------------------
 
 def test_case_report_renders_with_models_then_ensemble(nih):
     comp = compare.compare({"vanilla_cnn": [0.6] * 14, "vit_scratch": [0.2] * 14},
@@ -240,34 +231,3 @@ def test_case_report_renders_with_models_then_ensemble(nih):
     assert rep.model_ids == ["vanilla_cnn", "vit_scratch"] and rep.probs[ENSEMBLE] == [0.4] * 14
     assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
     assert case_report_pdf(rep).startswith(b"%PDF")
-
-
-def test_card_sections_limits_and_results_are_readable(nih):
-    unshipped = next(c for c in nih if c.id == "resnet18")
-    sections = compare.card_sections(unshipped)
-    assert list(sections) == ["Model", "Training data", "Initialisation", "Results", "Training", "Provenance"]
-    assert ("Weights shipped", "no") in sections["Model"]
-    assert "400 train / 80 val / 120 test" in dict(sections["Training data"])["Data"]
-    assert any("not shipped" in line for line in compare.card_limits(unshipped))
-    frame = compare.results_frame(unshipped.card)
-    assert list(frame.index) == NIH14 and frame["auc"].between(0, 1).all()
-    ensemble = next(c for c in nih if c.id == ENSEMBLE)
-    assert dict(compare.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"
-
-
-def test_benchmark_frames(nih):
-    matrix = compare.per_label_matrix(nih, "auc")
-    assert list(matrix.columns) == NIH14 and set(matrix.index) == {c.id for c in nih}
-    history = compare.history_frame(nih)
-    assert set(history["model"]) == {"vanilla_cnn", "vit_scratch", "resnet18"}  # the ensemble has no history
-    prevalence = compare.prevalence_frame(nih[0].card)
-    assert len(prevalence) == 3 * 14 and np.allclose(prevalence["share"], 0.3)
-    rel = compare.reliability_of(nih[0].predictions(), metrics.TASK_MULTILABEL)
-    assert 0 <= rel["ece"] <= 1 and sum(rel["count"]) == 120 * 14
-
-
-def test_published_tables_are_per_task():
-    nih = compare.published_tables("nih14-local")
-    assert ["MedMNIST v2" in nih[0].title, "CheXNet" in nih[1].title] == [True, True]
-    assert isinstance(nih[1].frame, pd.DataFrame) and len(nih[1].frame) == 14 and nih[0].source
-    assert [t.title for t in compare.published_tables("pneumoniamnist-local")] == ["MedMNIST v2: pneumoniamnist"]

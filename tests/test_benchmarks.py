@@ -1,0 +1,61 @@
+"""Benchmark tables from cards and stored predictions: per-label metrics, histories, prevalence, calibration, and
+the published section of BENCHMARKS.md."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import NIH14, fake_checkpoint_root
+
+from cxrcore import benchmarks, metrics, published
+from cxrcore.checkpoints import find
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return fake_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def nih(root):
+    return [c for c in find(root) if c.dataset == "nih14-local"]
+
+
+def test_binary_split_arrays_are_one_column_per_class(root):
+    ck = next(c for c in find(root) if c.dataset == "pneumoniamnist-local")
+    y, p = benchmarks.split_arrays(ck.predictions(), "test", ck.card["task"])
+    assert y.shape == p.shape == (120, 2)
+    np.testing.assert_array_equal(y[:, 1], ck.predictions()["test_labels"][:, 0])
+    np.testing.assert_array_equal(y.sum(1), 1)
+
+
+def test_per_label_rows_of_one_card(nih):
+    unshipped = next(c for c in nih if c.id == "resnet18")
+    rows = benchmarks.per_label_rows(unshipped.card)
+    assert [r["label"] for r in rows] == NIH14 and all(0 <= r["auc"] <= 1 for r in rows)
+
+
+def test_benchmark_tables(nih):
+    table = benchmarks.per_label_table(nih, "auc")
+    assert [r["label"] for r in table] == NIH14 and set(table[0]) - {"label"} == {c.id for c in nih}
+    history = benchmarks.history_rows(nih)
+    assert {r["model"] for r in history} == {"vanilla_cnn", "vit_scratch", "resnet18"}  # the ensemble has no history
+    prevalence = benchmarks.prevalence_rows(nih[0].card)
+    assert len(prevalence) == 3 * 14 and np.allclose([r["share"] for r in prevalence], 0.3)
+    rel = benchmarks.reliability_of(nih[0].predictions(), metrics.TASK_MULTILABEL)
+    assert 0 <= rel["ece"] <= 1 and sum(rel["count"]) == 120 * 14
+
+
+@pytest.mark.parametrize("dataset", ["nih14-local", "pneumoniamnist-local"])
+def test_benchmarks_md_shows_every_published_table_of_the_task(dataset):
+    section = "\n".join(benchmarks.published_section(dataset))
+    tables = published.tables(dataset)
+    assert tables and all(f"Published (not reproduced here): {t.title}" in section for t in tables)
+    assert all(t.source in section for t in tables)
+    assert all(missing in section for missing in published.not_transcribed(dataset))
+
+
+def test_write_report_lays_prevalence_out_per_label(root, tmp_path):
+    benchmarks.write_report(root, tmp_path / "BENCHMARKS.md")
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| label | train | val | test |" in md and "| Hernia | 120 | 24 | 36 |" in md
+    assert "Published (not reproduced here): CheXNet" in md

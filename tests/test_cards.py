@@ -1,0 +1,26 @@
+"""Readable model cards: the sections, limits and training-data line the Models page and every header show."""
+from __future__ import annotations
+
+import pytest
+from helpers import fake_checkpoint_root
+
+from cxrcore import cards
+from cxrcore.checkpoints import find
+from cxrcore.report import ENSEMBLE
+
+
+@pytest.fixture(scope="module")
+def nih(tmp_path_factory):
+    root = fake_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))
+    return [c for c in find(root) if c.dataset == "nih14-local"]
+
+
+def test_card_sections_and_limits_are_readable(nih):
+    unshipped = next(c for c in nih if c.id == "resnet18")
+    sections = cards.card_sections(unshipped)
+    assert list(sections) == ["Model", "Training data", "Initialisation", "Results", "Training", "Provenance"]
+    assert ("Weights shipped", "no") in sections["Model"]
+    assert "400 train / 80 val / 120 test" in dict(sections["Training data"])["Data"]
+    assert any("not shipped" in line for line in cards.card_limits(unshipped))
+    ensemble = next(c for c in nih if c.id == ENSEMBLE)
+    assert dict(cards.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from cxrcore import explain, imaging  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, data_dir  # noqa: E402
 from cxrcore.inference import load_all  # noqa: E402
@@ -36,7 +38,9 @@ def main() -> None:
     p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--cam-model", default="densenet121")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the app serves on 1: CXR_APP_THREADS)")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     image = a.image or sorted((data_dir() / "samples").glob("*.png"))[0]
     raw = image.read_bytes()
     t0 = time.perf_counter()

@@ -18,7 +18,8 @@ import torch
 
 from . import checkpoints, metrics
 from .data import Dataset
-from .engine import Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss, predict
+from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss,
+                     predict, seed_everything)
 from .pretrained import build
 from .zoo import get_spec, list_models
 
@@ -79,6 +80,7 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     out_dir = out_root / model_id
     t0 = time.perf_counter()
     input_size = cfg.input_size or spec.model_input_size(data.size)
+    seed_everything(cfg.seed)  # the initial weights too, not only the batches, follow the card's seed
     model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root, input_size)
     res = fit(model, spec, data, cfg, out_dir, progress, dist)
     if not dist.main:

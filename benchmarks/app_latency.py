@@ -45,6 +45,7 @@ def main() -> None:
     raw = image.read_bytes()
     t0 = time.perf_counter()
     models, problems = load_all(a.checkpoints, a.dataset)
+    models = {k: m for k, m in models.items() if m.spec.ship}  # what a fresh clone has
     print(f"loaded {len(models)} models in {time.perf_counter() - t0:.2f} s (cold); not loadable: {len(problems)}")
 
     dec_s, decoded = timed(lambda: imaging.decode(raw, image.name), a.repeats)

@@ -61,7 +61,7 @@ def _lora_model(spec: ModelSpec, card: dict, path: Path) -> nn.Module:
         if not (base_dir / checkpoints.WEIGHTS).exists():
             raise WeightsNotFound(
                 f"{card['id']} is a LoRA adapter on the project's {base_rec['id']} checkpoint, whose weights are not "
-                f"here ({base_dir}). Rebuild them with: python train/run_all.py --models {base_rec['id']}"
+                f"here ({base_dir}). Rebuild both with: python train/run_all.py --force --models {base_rec['id']} {card['id']}"
             )
         base_card = checkpoints.load_state_into(base, base_dir)
         if base_card["weights_sha256"] != base_rec["sha256"]:

@@ -63,11 +63,14 @@ def metrics_block(data: Dataset, probs: dict[str, np.ndarray], thresholds: list[
 
 
 def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) -> bool:
+    """Whether ``out_dir`` holds ``spec_id`` trained with this recipe (hyperparameters and the model input size,
+    which the zoo may change without a CLI override) on these exact splits, with its weights and predictions."""
     try:
         card = checkpoints.read_card(out_dir)
     except checkpoints.CheckpointError:
         return False
-    return (card.get("config_key") == cfg.key() and card["id"] == spec_id
+    input_size = cfg.input_size or get_spec(spec_id).model_input_size(data.size)
+    return (card.get("config_key") == cfg.key() and card["id"] == spec_id and card.get("input_size") == input_size
             and card["dataset"].get("split_checksum") == data.split_checksum()
             and (out_dir / checkpoints.WEIGHTS).exists() and (out_dir / checkpoints.PREDICTIONS).exists())
 
@@ -85,7 +88,7 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     res = fit(model, spec, data, cfg, out_dir, progress, dist)
     if not dist.main:
         return {}
-    model = res.model
+    model = checkpoints.round_to_stored(res.model)
     # predictions in the same precision as training, so stored and per-epoch validation numbers agree
     res_prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last, bf16=res.bf16)
     loss_fn = make_loss(data, cfg)

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from cxrcore.data import data_dir as _data_dir
+from helpers import NIH14
 
-NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-         "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
 
 
 @pytest.fixture(scope="session", autouse=True)

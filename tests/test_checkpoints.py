@@ -76,6 +76,19 @@ def test_round_trip_predicts_like_the_original(saved):
     assert next(fresh.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("model_id", ["vanilla_cnn", "efficientnet_b0"])
+def test_rounded_model_predicts_exactly_like_its_checkpoint(tmp_path, tiny_card, model_id):
+    """Cards hold the predictions of the rounded model, so a loaded checkpoint reproduces them bit for bit."""
+    model = checkpoints.round_to_stored(trained_like(model_id))
+    assert all(torch.equal(v, v.half().float()) for v in model.state_dict().values() if v.ndim > 1)
+    checkpoints.save(tmp_path / model_id, model, tiny_card(model_id), {}, [])
+    fresh = create_model(model_id, 14, 1, 64)
+    checkpoints.load_state_into(fresh, tmp_path / model_id)
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model(x))
+
+
 def test_load_model_gives_a_ready_model(saved):
     path, model, _, _, _ = saved
     m = load_model(path)

@@ -115,7 +115,7 @@ def test_densenets_need_at_least_32_pixels():
 
 
 def test_input_size_rules():
-    assert get_spec("efficientnet_lite0").model_input_size(28) == 96  # fixed input, whatever the data size
+    assert get_spec("efficientnet_lite0").model_input_size(28) == 128  # fixed input, whatever the data size
     assert get_spec("resnet18").model_input_size(28) == 28
     assert get_spec("vit_scratch").model_input_size(224) == 224
 

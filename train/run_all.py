@@ -66,8 +66,8 @@ def overrides(a: argparse.Namespace) -> dict:
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
     """The default ensemble: the ENSEMBLE_SIZE shipped models with the best validation AUC (chosen on val, never
-    test), so a fresh clone can rebuild every member. LoRA adapters need an unshipped base and are left out."""
-    pool = [c for c in found.values() if c.has_weights and get_spec(c.id).ship and not get_spec(c.id).lora_base]
+    test), so a fresh clone can rebuild every member."""
+    pool = [c for c in found.values() if c.has_weights and get_spec(c.id).ship]
     return sorted(pool, key=lambda c: -c.card["metrics"]["val"]["auc_macro"])[:ENSEMBLE_SIZE]
 
 
@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out or REPO_ROOT / "runs" / "quick"
     out = a.out or (REPO_ROOT / "checkpoints" if a.dataset == DEFAULT_DATASET else REPO_ROOT / "checkpoints" / a.dataset)
     ids = a.models or list_models()
-    unknown = [i for i in ids if i not in list_models()]
-    if unknown:  # fail before any training on a typo
-        print(f"error: unknown model id(s) {', '.join(unknown)}; see --list", file=sys.stderr)
+    try:  # fail before any training on a typo
+        for i in ids:
+            get_spec(i)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
     try:
         data = load_dataset(a.dataset, a.size, download=a.download)
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_ood_detectors([c for c in found.values() if c.has_weights], data)
     members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
     if len(members) >= 2:
-        build_ensemble(members, out / "ensemble", f"{base_cmd} --ensemble {' '.join(m.id for m in members)}")
+        member_ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing, then averages
+        build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}")
     benchmarks.write_tables(out)
     if not a.quick:
         benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md")

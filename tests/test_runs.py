@@ -1,0 +1,56 @@
+"""cxrcore.runs: when a checkpoint folder counts as up to date (run_all skips it) and when it must be retrained."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from cxrcore import metrics
+from cxrcore.data import Dataset
+from cxrcore.engine import TrainConfig
+from cxrcore.runs import is_up_to_date
+from cxrcore.zoo import get_spec
+from helpers import NIH14
+
+
+def nih_like(size: int = 64) -> Dataset:
+    images = {s: torch.zeros(4, 1, size, size, dtype=torch.uint8) for s in ("train", "val", "test")}
+    labels = {s: np.zeros((4, len(NIH14)), np.float32) for s in images}
+    return Dataset("nih14-local", size, metrics.TASK_MULTILABEL, NIH14, images, labels, "memory", "none")
+
+
+def checkpoint_for(make_checkpoint, tiny_card, data: Dataset, cfg: TrainConfig, **card_changes):
+    card = tiny_card("vanilla_cnn", data.size)
+    card = {**card, "config_key": cfg.key(), "dataset": {**card["dataset"], "split_checksum": data.split_checksum()},
+            **card_changes}
+    path, _ = make_checkpoint("vanilla_cnn", card=card)
+    return path
+
+
+def test_same_recipe_and_data_is_up_to_date(make_checkpoint, tiny_card):
+    data, cfg = nih_like(), TrainConfig.for_model(get_spec("vanilla_cnn"))
+    assert is_up_to_date(checkpoint_for(make_checkpoint, tiny_card, data, cfg), "vanilla_cnn", cfg, data)
+
+
+def test_changed_hyperparameters_make_it_stale(make_checkpoint, tiny_card):
+    data, cfg = nih_like(), TrainConfig.for_model(get_spec("vanilla_cnn"))
+    path = checkpoint_for(make_checkpoint, tiny_card, data, cfg)
+    assert not is_up_to_date(path, "vanilla_cnn", dataclasses.replace(cfg, lr=cfg.lr * 2), data)
+
+
+def test_a_changed_model_input_size_makes_it_stale(make_checkpoint, tiny_card):
+    """A zoo default (not only a CLI override) that changes the input size must retrain the model."""
+    data, cfg = nih_like(), TrainConfig.for_model(get_spec("vanilla_cnn"))
+    path = checkpoint_for(make_checkpoint, tiny_card, data, cfg, input_size=96)
+    assert not is_up_to_date(path, "vanilla_cnn", cfg, data)
+
+
+def test_other_data_or_missing_weights_make_it_stale(make_checkpoint, tiny_card):
+    data, cfg = nih_like(), TrainConfig.for_model(get_spec("vanilla_cnn"))
+    path = checkpoint_for(make_checkpoint, tiny_card, data, cfg)
+    other = nih_like()
+    other.labels["test"][0, 0] = 1
+    assert not is_up_to_date(path, "vanilla_cnn", cfg, other)
+    (path / "model.safetensors").unlink()
+    assert not is_up_to_date(path, "vanilla_cnn", cfg, data)

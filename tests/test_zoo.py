@@ -111,11 +111,13 @@ def test_smallest_allowed_input_works(model_id):
 
 def test_densenets_need_at_least_32_pixels():
     for i in ("densenet121", "densenet161", "densenet201"):
-        assert get_spec(i).min_size >= 32 and get_spec(i).model_input_size(28) == 32
+        assert get_spec(i).min_size >= 32 and get_spec(i).model_input_size(28) >= 32
 
 
 def test_input_size_rules():
-    assert get_spec("efficientnet_lite0").model_input_size(28) == 128  # fixed input, whatever the data size
+    assert get_spec("efficientnet_lite0").model_input_size(28) == 128  # small images are upscaled for it
+    assert get_spec("efficientnet_lite0").model_input_size(224) == 224  # and larger ones never shrunk
+    assert get_spec("densenet121").model_input_size(64) == 128 and get_spec("densenet161").model_input_size(64) == 64
     assert get_spec("resnet18").model_input_size(28) == 28
     assert get_spec("vit_scratch").model_input_size(224) == 224
 

@@ -121,7 +121,11 @@ def _models_key(dataset: str) -> str:
 
 def selection() -> Selection:
     """The current task and chosen models (the sidebar's widgets, read from the session)."""
-    dataset = st.session_state.get("task", next(iter(TASKS)))
+    if "task" not in st.session_state:
+        # A deep link (/roc) to a server that has not yet run app.py makes Streamlit run the page file bare, with a
+        # sidebar listing the pages/ folder; go through app.py, whose navigation and sidebar then take over.
+        st.switch_page("app.py")
+    dataset = st.session_state["task"]
     root = checkpoint_root()
     loaded, problems = load_models(str(root), dataset)
     chosen = st.session_state.get(_models_key(dataset), list(loaded))

@@ -101,3 +101,19 @@ def test_upload_in_a_real_browser_shows_the_comparison(server, browser, data_dir
     if os.environ.get(SCREENSHOT_ENV):
         Path(os.environ[SCREENSHOT_ENV]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, os.environ[SCREENSHOT_ENV])
+
+
+@pytest.mark.slow
+def test_a_deep_link_to_a_cold_server_gets_the_app_navigation(server, browser):
+    """Before app.py has ever run, Streamlit would run pages/roc.py bare with the pages/ folder as navigation
+    ("app", "common", ...) and no task or model selection; the app must go through app.py instead."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{server}/roc")
+    sidebar = WebDriverWait(browser, 180).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]") if "Task" in d.find_element(
+            By.CSS_SELECTOR, "[data-testid=stSidebar]").text else False)
+    assert "ROC & thresholds" in sidebar.text and "Models" in sidebar.text
+    assert "common" not in sidebar.text.split()
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")

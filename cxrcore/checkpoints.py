@@ -179,4 +179,13 @@ def find(root: Path) -> list[Checkpoint]:
             out.append(Checkpoint(card_path.parent, read_card(card_path.parent)))
         except CheckpointError:
             continue
-    return sorted(out, key=lambda c: (c.dataset, c.card.get("order", 99), c.id))
+    return sorted(out, key=lambda c: (c.dataset, _registry_order(c), c.id))
+
+
+def _registry_order(ck: Checkpoint) -> int:
+    """Zoo order (as ``--list`` prints it), so a newly registered model sorts beside its family; unregistered
+    folders (the ensemble) keep their card's order."""
+    from .zoo import list_models
+
+    ids = list_models()
+    return ids.index(ck.id) if ck.id in ids else ck.card.get("order", len(ids))

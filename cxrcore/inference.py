@@ -15,7 +15,7 @@ from torch import nn
 
 from . import checkpoints
 from .engine import Prepared, predict, prepared_for
-from .pretrained import WeightsNotFound, load_imagenet, wrap_lora
+from .pretrained import WeightsNotFound, load_imagenet, load_lora_base, wrap_lora
 from .zoo import ModelSpec, get_spec
 
 
@@ -57,14 +57,15 @@ def _lora_model(spec: ModelSpec, card: dict, path: Path) -> nn.Module:
         if base_rec["sha256"] and rec.sha256 and rec.sha256 != base_rec["sha256"]:
             raise checkpoints.CheckpointError(f"{card['id']}: ImageNet base weights differ from those it was trained on")
     else:
-        base_dir = path.parent / base_rec["id"]
+        base_dir = path.parent / base_rec.get("path", base_rec["id"])
         if not (base_dir / checkpoints.WEIGHTS).exists():
             raise WeightsNotFound(
                 f"{card['id']} is a LoRA adapter on the project's {base_rec['id']} checkpoint, whose weights are not "
-                f"here ({base_dir}). Rebuild both with: python train/run_all.py --force --models {base_rec['id']} {card['id']}"
+                f"here ({base_dir}). Rebuild it with: {spec.lora_base.train_command}, then retrain the adapter "
+                f"(python train/run_all.py --force --models {card['id']})"
             )
-        base_card = checkpoints.load_state_into(base, base_dir)
-        if base_card["weights_sha256"] != base_rec["sha256"]:
+        rec = load_lora_base(spec, base, base_dir, card["dataset"]["channels"])
+        if rec.sha256 != base_rec["sha256"]:
             raise checkpoints.CheckpointError(
                 f"{card['id']} was trained on a different {base_rec['id']} checkpoint than the one in {base_dir}; "
                 "retrain the adapter or restore that base."

@@ -155,15 +155,35 @@ def init_small_head(model: nn.Module) -> None:
         nn.init.zeros_(head.bias)
 
 
-def load_imagenet(spec: ModelSpec, model: nn.Module, in_chans: int) -> Init:
-    state, source, sha = _imagenet_state(spec)
+def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], in_chans: int, what: str) -> None:
+    """Load pretrained ``state`` into everything but a classifier of another task; that head is re-initialised
+    small. Any other tensor missing is an error: the weights belong to another architecture."""
     adapted = _adapt(state, model, in_chans)
-    missing, unexpected = model.load_state_dict(adapted, strict=False)
+    missing, _ = model.load_state_dict(adapted, strict=False)
     head_keys = {k for k in model.state_dict() if k.startswith(("classifier.", "head.", "fc.", "head.fc."))}
     if set(missing) - head_keys:
-        raise ValueError(f"ImageNet weights for {spec.id} miss non-head tensors: {sorted(set(missing) - head_keys)[:5]}")
-    init_small_head(model)
+        raise ValueError(f"{what} miss non-head tensors: {sorted(set(missing) - head_keys)[:5]}")
+    if missing:
+        init_small_head(model)
+
+
+def load_imagenet(spec: ModelSpec, model: nn.Module, in_chans: int) -> Init:
+    state, source, sha = _imagenet_state(spec)
+    load_backbone(model, state, in_chans, f"ImageNet weights for {spec.id}")
     return Init("imagenet", source, sha)
+
+
+def load_lora_base(spec: ModelSpec, model: nn.Module, path: Path, in_chans: int) -> Init:
+    """A project checkpoint as the pretrained base of a LoRA model (verified by its sha256); its head is kept only
+    when it has the new task's shape."""
+    from .checkpoints import read_card, read_weights
+
+    card = read_card(path)
+    if card["id"] != spec.lora_base.id:
+        raise ValueError(f"{spec.id} sits on a {spec.lora_base.id} base, but {path} holds {card['id']}")
+    load_backbone(model, read_weights(path, card), in_chans, f"{card['id']} weights in {path}")
+    return Init("checkpoint", f"project checkpoint {card['id']} trained on {card['dataset']['name']}",
+                card["weights_sha256"])
 
 
 def wrap_lora(model: nn.Module) -> nn.Module:
@@ -182,24 +202,26 @@ def initialise(
     pretrained base: ImageNet, or else the project checkpoint of its base architecture; never a random one.
     """
     if spec.lora_base:
-        try:
-            base_init = load_imagenet(spec, model, in_chans)
-        except WeightsNotFound:
-            from .checkpoints import load_state_into
-
-            if init == "random":
-                raise ValueError("LoRA needs a pretrained base; --init random is not allowed for it") from None
-            named = init not in ("auto", "imagenet")
-            path = Path(init) if named else (checkpoints_dir or Path("checkpoints")) / spec.lora_base
+        if init == "random":
+            raise ValueError("LoRA needs a pretrained base; --init random is not allowed for it")
+        named = init not in ("auto", "imagenet")
+        rel = init if named else spec.lora_base.path
+        base_init = None
+        if not named and spec.has_imagenet:
+            try:
+                base_init = load_imagenet(spec, model, in_chans)
+            except WeightsNotFound:
+                pass
+        if base_init is None:
+            path = (checkpoints_dir or Path("checkpoints")) / rel
             if not (path / "model.safetensors").exists():
                 raise WeightsNotFound(
-                    f"{spec.id} needs a pretrained {spec.lora_base} base: no ImageNet weights offline and no project "
-                    f"checkpoint at {path}. Train it first (python train/run_all.py --models {spec.lora_base}) "
+                    f"{spec.id} needs a pretrained {spec.lora_base.id} base: no ImageNet weights offline and no "
+                    f"project checkpoint at {path}. Train it first ({spec.lora_base.train_command}) "
                     "or pass --init PATH to a checkpoint folder."
-                ) from None
-            card = load_state_into(model, path)
-            base_init = Init("checkpoint", f"project checkpoint {card['id']}", card["weights_sha256"])
-        base = {"id": spec.lora_base, **base_init.to_dict()}
+                )
+            base_init = load_lora_base(spec, model, path, in_chans)
+        base = {"id": spec.lora_base.id, "path": str(rel), **base_init.to_dict()}
         return wrap_lora(model), Init("lora", f"LoRA on {base_init.source}", base_init.sha256, base)
     if init == "random":
         return model, Init("random", "random initialisation (timm/PyTorch defaults)")

@@ -72,7 +72,20 @@ def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) 
     input_size = cfg.input_size or get_spec(spec_id).model_input_size(data.size)
     return (card.get("config_key") == cfg.key() and card["id"] == spec_id and card.get("input_size") == input_size
             and card["dataset"].get("split_checksum") == data.split_checksum()
-            and (out_dir / checkpoints.WEIGHTS).exists() and (out_dir / checkpoints.PREDICTIONS).exists())
+            and (out_dir / checkpoints.WEIGHTS).exists() and (out_dir / checkpoints.PREDICTIONS).exists()
+            and lora_base_unchanged(card, out_dir.parent))
+
+
+def lora_base_unchanged(card: dict, root: Path) -> bool:
+    """Whether a LoRA adapter's project-checkpoint base is still the one it was trained on (True for other models):
+    a retrained base makes its adapter stale."""
+    base = (card.get("init") or {}).get("lora_base")
+    if not base or base["kind"] != "checkpoint":
+        return True
+    try:
+        return checkpoints.read_card(root / base.get("path", base["id"])).get("weights_sha256") == base["sha256"]
+    except checkpoints.CheckpointError:
+        return False
 
 
 def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, command: str,

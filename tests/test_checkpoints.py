@@ -14,8 +14,8 @@ from safetensors import safe_open
 from cxrcore import checkpoints
 from cxrcore.checkpoints import CARD, HISTORY, PREDICTIONS, WEIGHTS, CheckpointError
 from cxrcore.inference import load_model
-from cxrcore.pretrained import file_sha256, wrap_lora
-from cxrcore.zoo import create_model
+from cxrcore.pretrained import WeightsNotFound, file_sha256, initialise, wrap_lora
+from cxrcore.zoo import create_model, get_spec
 
 
 def trained_like(model_id: str = "vanilla_cnn") -> torch.nn.Module:
@@ -220,6 +220,35 @@ def test_lora_checkpoint_stores_only_adapter_and_head(tmp_path, tiny_card):
     assert sum(v.numel() for v in state.values()) < 0.2 * sum(v.numel() for v in full.values())
     card = checkpoints.save(tmp_path / "lora", model, tiny_card("vit_scratch"), {}, [])
     assert card["weights_bytes"] < 0.25 * sum(2 * v.numel() for v in full.values())
+
+
+def test_lora_adapter_on_a_base_from_another_dataset_round_trips(tmp_path, tiny_card, make_checkpoint):
+    """vit_scratch_lora as shipped: its base is a 2-class PneumoniaMNIST checkpoint under <root>/pneumoniamnist-local;
+    the loaded model predicts like the trained one, and a retrained or missing base is refused with a way forward."""
+    root = tmp_path / "checkpoints"
+    pn_card = {**tiny_card("vit_scratch", 28, labels=["normal", "pneumonia"]), "task": "binary-class"}
+    pn_card["dataset"] = {**pn_card["dataset"], "name": "pneumoniamnist-local"}
+    make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local", card=pn_card)
+    spec = get_spec("vit_scratch_lora")
+    model, init = initialise(spec, create_model("vit_scratch_lora", 14, 1, 64), "auto", 1, root)
+    with torch.no_grad():  # as after training: the adapters and the head have moved
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    checkpoints.round_to_stored(model.eval())
+    checkpoints.save(root / "vit_scratch_lora", model, {**tiny_card("vit_scratch_lora"), "init": init.to_dict()}, {}, [])
+    x = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
+    loaded = load_model(root / "vit_scratch_lora")
+    with torch.no_grad():
+        expected = torch.sigmoid(model(loaded.prep(x))).numpy()
+    np.testing.assert_allclose(loaded.predict(x), expected, atol=1e-5)
+
+    make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local", card=pn_card, seed=1)  # a retrained base
+    with pytest.raises(CheckpointError, match="trained on a different vit_scratch checkpoint"):
+        load_model(root / "vit_scratch_lora")
+    (root / "pneumoniamnist-local" / "vit_scratch" / WEIGHTS).unlink()
+    with pytest.raises(WeightsNotFound, match="--dataset pneumoniamnist-local --size 28 --models vit_scratch"):
+        load_model(root / "vit_scratch_lora")
 
 
 def test_nothing_is_unpickled(saved, monkeypatch):

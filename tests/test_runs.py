@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from cxrcore import metrics
+from cxrcore import checkpoints, metrics
 from cxrcore.data import Dataset
 from cxrcore.engine import TrainConfig
-from cxrcore.runs import is_up_to_date
+from cxrcore.runs import is_up_to_date, lora_base_unchanged
 from cxrcore.zoo import get_spec
 from helpers import NIH14
 
@@ -54,3 +54,16 @@ def test_other_data_or_missing_weights_make_it_stale(make_checkpoint, tiny_card)
     assert not is_up_to_date(path, "vanilla_cnn", cfg, other)
     (path / "model.safetensors").unlink()
     assert not is_up_to_date(path, "vanilla_cnn", cfg, data)
+
+
+def test_a_retrained_lora_base_makes_the_adapter_stale(make_checkpoint, tiny_card, tmp_path):
+    root = tmp_path / "checkpoints"
+    base_dir, _ = make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local")
+    sha = checkpoints.read_card(base_dir)["weights_sha256"]
+    base = {"id": "vit_scratch", "path": "pneumoniamnist-local/vit_scratch", "kind": "checkpoint", "sha256": sha}
+    card = {"init": {"kind": "lora", "lora_base": base}}
+    assert lora_base_unchanged(card, root)
+    make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local", seed=1)
+    assert not lora_base_unchanged(card, root)
+    assert not lora_base_unchanged(card, tmp_path / "elsewhere")  # no base at all
+    assert lora_base_unchanged({"init": {"kind": "random", "lora_base": None}}, root)

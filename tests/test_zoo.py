@@ -18,7 +18,7 @@ BIG = {"resnet152", "densenet161", "densenet201", "vgg16", "vit_b16", "vit_b16_p
 IDS = [pytest.param(i, marks=pytest.mark.slow) if i in BIG else i for i in list_models()]
 EXPECTED = {"vanilla_cnn", "cnn_small", "cnn_deep", "resnet18", "resnet50", "resnet152", "densenet121", "densenet161",
             "densenet201", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vgg16", "vit_b16", "vit_b16_pw50",
-            "vit_b16_lora", "vit_scratch", "medmnist_baseline"}
+            "vit_b16_lora", "vit_scratch", "vit_scratch_lora", "medmnist_baseline"}
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_specs_are_consistent(model_id):
         assert spec.timm_name in timm.list_pretrained(spec.timm_name.split(".")[0] + "*")
     assert spec.vit == (spec.family == "vit")
     if spec.lora_base:
-        assert get_spec(spec.lora_base).lora_base is None
+        assert get_spec(spec.lora_base.id).lora_base is None
 
 
 def test_duplicate_registration_raises_and_keeps_the_first():

@@ -60,6 +60,10 @@ def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
     }
     if c.get("members"):
         sections["Model"].insert(0, ("Members", ", ".join(c["members"])))
+    if init.get("lora_base"):
+        base = init["lora_base"]
+        sections["Initialisation"].insert(1, ("LoRA base", f"{base['id']} ({base.get('path') or base['source']}); "
+                                                           "frozen, only the adapters and the head were trained"))
     return sections
 
 

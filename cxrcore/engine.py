@@ -49,10 +49,12 @@ class TrainConfig:
     init: str = "auto"
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, **overrides) -> "TrainConfig":
-        """The default recipe, then the zoo entry's overrides, then the caller's (None values ignored)."""
+    def for_model(cls, spec: ModelSpec, scratch: bool = False, **overrides) -> "TrainConfig":
+        """The default recipe, then the zoo entry's overrides (and its from-scratch ones when ``scratch``), then the
+        caller's (None values ignored)."""
         known = set(cls.__dataclass_fields__)
-        merged = {**spec.hparams, **{k: v for k, v in overrides.items() if v is not None}}
+        zoo = {**spec.hparams, **(spec.scratch_hparams if scratch else {})}
+        merged = {**zoo, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**{k: v for k, v in merged.items() if k in known})
 
     def key(self) -> str:

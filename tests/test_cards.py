@@ -24,3 +24,14 @@ def test_card_sections_and_limits_are_readable(nih):
     assert any("not shipped" in line for line in cards.card_limits(unshipped))
     ensemble = next(c for c in nih if c.id == ENSEMBLE)
     assert dict(cards.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"
+
+
+def test_a_lora_card_names_its_frozen_base(nih):
+    ck = next(c for c in nih if c.id == "vit_scratch")
+    base = {"id": "vit_scratch", "path": "pneumoniamnist-local/vit_scratch", "kind": "checkpoint",
+            "source": "project checkpoint vit_scratch trained on pneumoniamnist-local", "sha256": "ab" * 32}
+    lora = type(ck)(ck.path, {**ck.card, "init": {"kind": "lora", "source": "LoRA on x", "sha256": "ab" * 32,
+                                                  "lora_base": base}})
+    init = dict(cards.card_sections(lora)["Initialisation"])
+    assert init["LoRA base"].startswith("vit_scratch (pneumoniamnist-local/vit_scratch); frozen")
+    assert "LoRA base" not in dict(cards.card_sections(ck)["Initialisation"])

@@ -55,6 +55,15 @@ def test_for_model_merges_defaults_zoo_and_overrides():
                                                                                         "random")
 
 
+def test_from_scratch_overrides_apply_only_to_a_scratch_start():
+    spec = get_spec("resnet18")
+    assert TrainConfig.for_model(spec).lr == TrainConfig().lr  # ImageNet-initialised: the fine-tuning recipe
+    scratch = TrainConfig.for_model(spec, scratch=True)
+    assert (scratch.lr, scratch.epochs, scratch.patience) == tuple(spec.scratch_hparams[k]
+                                                                   for k in ("lr", "epochs", "patience"))
+    assert TrainConfig.for_model(spec, scratch=True, lr=5e-4).lr == 5e-4  # the caller still wins
+
+
 def test_key_is_stable_and_follows_every_field():
     cfg = TrainConfig()
     assert cfg.key() == TrainConfig().key() and len(cfg.key()) == 12 and int(cfg.key(), 16) >= 0

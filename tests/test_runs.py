@@ -67,3 +67,15 @@ def test_a_retrained_lora_base_makes_the_adapter_stale(make_checkpoint, tiny_car
     assert not lora_base_unchanged(card, root)
     assert not lora_base_unchanged(card, tmp_path / "elsewhere")  # no base at all
     assert lora_base_unchanged({"init": {"kind": "random", "lora_base": None}}, root)
+
+
+def test_recipe_uses_the_from_scratch_overrides_only_without_pretrained_weights(monkeypatch):
+    from cxrcore import pretrained
+    from cxrcore.runs import recipe
+
+    monkeypatch.setattr(pretrained, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.delenv("CXR_WEIGHTS_DIR", raising=False)
+    assert recipe("resnet18").lr == get_spec("resnet18").scratch_hparams["lr"]
+    assert recipe("resnet18", init="imagenet").lr == TrainConfig().lr
+    assert recipe("efficientnet_lite0") == TrainConfig.for_model(get_spec("efficientnet_lite0"))
+    assert recipe("resnet18", epochs=3).epochs == 3

@@ -127,7 +127,7 @@ def test_specs_are_consistent(model_id):
     spec = get_spec(model_id)
     assert spec.id == model_id
     assert spec.family in {"cnn", "resnet", "densenet", "efficientnet", "mobilenet", "vgg", "vit"}
-    unknown = set(spec.hparams) - set(TrainConfig.__dataclass_fields__)
+    unknown = (set(spec.hparams) | set(spec.scratch_hparams)) - set(TrainConfig.__dataclass_fields__)
     assert not unknown, f"hparams TrainConfig would silently drop: {unknown}"
     if spec.timm_name:  # a typo in the tag would only surface online, when the download fails
         assert spec.timm_name in timm.list_pretrained(spec.timm_name.split(".")[0] + "*")

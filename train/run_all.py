@@ -20,9 +20,9 @@ from tqdm import tqdm  # noqa: E402
 
 from cxrcore import benchmarks, checkpoints, ood  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
-from cxrcore.engine import Dist, TrainConfig  # noqa: E402
+from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
-from cxrcore.runs import build_ensemble, is_up_to_date, train_one  # noqa: E402
+from cxrcore.runs import build_ensemble, is_up_to_date, recipe, train_one  # noqa: E402
 from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
 QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = Dist.from_env()
     base_cmd = f"python train/run_all.py --dataset {a.dataset} --size {a.size}"
     for model_id in ids:
-        cfg = TrainConfig.for_model(get_spec(model_id), **overrides(a))
+        cfg = recipe(model_id, **overrides(a))
         if not a.force and is_up_to_date(out / model_id, model_id, cfg, data):
             if dist.main:
                 print(f"{model_id}: up to date, skipped")

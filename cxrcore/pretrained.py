@@ -226,7 +226,8 @@ def initialise(
         if init == "random":
             raise ValueError("LoRA needs a pretrained base; --init random is not allowed for it")
         named = init not in ("auto", "imagenet")
-        rel = init if named else spec.lora_base.path
+        # the base's folder as the card records it: relative to the adapter's checkpoint root, or absolute if named
+        rel = str(Path(init).resolve()) if named else spec.lora_base.path
         base_init = None
         if not named and spec.has_imagenet:
             try:
@@ -242,7 +243,7 @@ def initialise(
                     "or pass --init PATH to a checkpoint folder."
                 )
             base_init = load_lora_base(spec, model, path, in_chans)
-        base = {"id": spec.lora_base.id, "path": str(rel), **base_init.to_dict()}
+        base = {"id": spec.lora_base.id, "path": rel, **base_init.to_dict()}
         return wrap_lora(model), Init("lora", f"LoRA on {base_init.source}", base_init.sha256, base)
     if init == "random":
         return model, Init("random", "random initialisation (timm/PyTorch defaults)")

@@ -228,13 +228,14 @@ def lora_on_scratch(base: LoraBase = LoraBase("vit_scratch")):
 
 
 @pytest.mark.parametrize("how", ["auto", "path"])
-def test_lora_on_a_project_checkpoint(make_checkpoint, tmp_path, how):
+def test_lora_on_a_project_checkpoint(make_checkpoint, tmp_path, monkeypatch, how):
     root = tmp_path / "checkpoints"
     base_dir, base = make_checkpoint("vit_scratch", root=root)
     card = checkpoints.read_card(base_dir)
     spec = lora_on_scratch()
     fresh = create_model("vit_scratch", 14, 1, 64)
-    model, init = initialise(spec, fresh, "auto" if how == "auto" else str(base_dir), 1, root)
+    monkeypatch.chdir(tmp_path)  # a named base path relative to the working directory is recorded absolute
+    model, init = initialise(spec, fresh, "auto" if how == "auto" else "checkpoints/vit_scratch", 1, root)
     assert hasattr(model, "peft_config") and init.kind == "lora" and init.sha256 == card["weights_sha256"]
     assert init.lora_base == {"id": "vit_scratch", "path": "vit_scratch" if how == "auto" else str(base_dir),
                               "kind": "checkpoint", "source": "project checkpoint vit_scratch trained on nih14-local",

@@ -110,8 +110,8 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     if not dist.main:
         return {}
     model = checkpoints.round_to_stored(res.model)
-    # predictions in the same precision as training, so stored and per-epoch validation numbers agree
-    res_prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last, bf16=res.bf16)
+    # fp32 predictions, as the app serves the model and as validation chose its epoch
+    res_prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last)
     loss_fn = make_loss(data, cfg)
     probs = {s: predict(model, data.images[s], res_prep, data.task) for s in ("val", "test")}
     train_eval = evaluate(model, data, "train", res_prep, loss_fn)

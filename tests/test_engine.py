@@ -221,7 +221,7 @@ def config(**kw) -> TrainConfig:
 
 
 def test_fit_on_real_images_keeps_the_best_validation_epoch(small, tmp_path):
-    spec, cfg = get_spec("vanilla_cnn"), config(epochs=2)
+    spec, cfg = get_spec("vanilla_cnn"), config(epochs=2, bf16=True)
     model = fresh()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     events = []
@@ -235,8 +235,10 @@ def test_fit_on_real_images_keeps_the_best_validation_epoch(small, tmp_path):
     assert len(steps) == 2 * 4 and {e["steps"] for e in steps} == {4}  # 64 images / batch 16
     assert [e["epoch"] for e in events if e.get("done")] == [0, 1]
     assert any(not torch.equal(start[k], v) for k, v in res.model.state_dict().items())
-    # the returned weights are the best epoch's: evaluating them gives that epoch's validation AUC
-    prep = Prepared(64, *spec.norm, 1, channels_last=res.channels_last, bf16=res.bf16)
+    # the returned weights are the best epoch's: evaluating them as the app serves them (fp32, although training ran
+    # in bf16) gives that epoch's validation AUC
+    assert res.bf16
+    prep = Prepared(64, *spec.norm, 1, channels_last=res.channels_last, bf16=False)
     again = engine.evaluate(res.model, small, "val", prep, make_loss(small, cfg))
     assert again["auc"] == pytest.approx(aucs[res.best_epoch - 1], abs=1e-9)
     state = torch.load(tmp_path / RESUME_FILE, weights_only=True)

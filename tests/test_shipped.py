@@ -11,6 +11,7 @@ import pytest
 from cxrcore import checkpoints, metrics
 from cxrcore.data import REPO_ROOT
 from cxrcore.inference import load_model
+from cxrcore.ood import OOD_FILE
 from cxrcore.zoo import get_spec, list_models
 
 ROOT = REPO_ROOT / "checkpoints"
@@ -46,6 +47,7 @@ def test_weights_are_committed_exactly_for_shipped_models(ck):
         assert not ck.has_weights
         return
     assert _ignored(ck.path / checkpoints.WEIGHTS) != get_spec(ck.id).ship
+    assert _ignored(ck.path / OOD_FILE) != get_spec(ck.id).ship  # a detector is of no use without its model
 
 
 @pytest.mark.parametrize("ck", ALL, ids=lambda c: f"{c.dataset}/{c.id}")

@@ -169,7 +169,7 @@ def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_
 # at 1e-4 (12 epochs, patience 4), 0.638 at 3e-4 and 0.645 at 1e-3 (20 epochs, patience 6). ImageNet-initialised
 # (online) they keep the fine-tuning recipe.
 _SCRATCH = {"lr": 1e-3, "epochs": 20, "patience": 6}
-# VGG-16 (no BatchNorm, 134 M parameters, ~3 min an epoch here) and the ViT-Bs get a CPU budget of 2 epochs.
+# VGG-16 (no BatchNorm, 134 M parameters, ~3 min an epoch here) gets a CPU budget of 2 epochs.
 _CPU_BUDGET = {"epochs": 2, "patience": 0}
 for _depth in (18, 50, 152):
     _register_timm(f"resnet{_depth}", f"resnet{_depth}", "a1_in1k", arch=f"ResNet-{_depth}", family="resnet",
@@ -200,7 +200,7 @@ _register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg", cam_lay
 # Vision transformers
 
 _VIT_B = dict(arch="ViT-B/16", family="vit", cam_layer="blocks.-1.norm1", vit=True, min_size=32,
-              timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={"epochs": 2, "patience": 0},
+              timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={},
               paper="ChestMNIST workshop paper")
 _vit_b16 = _timm_builder("vit_base_patch16_224", sized=True)
 register("vit_b16", **{**_VIT_B, "hparams": {**_VIT_B["hparams"], "pos_weight": 10.0}})(_vit_b16)

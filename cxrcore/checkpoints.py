@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .pretrained import file_sha256
+from .zoo import list_models
 
 WEIGHTS, CARD, PREDICTIONS, HISTORY = "model.safetensors", "card.json", "predictions.npz", "history.csv"
 
@@ -185,7 +186,5 @@ def find(root: Path) -> list[Checkpoint]:
 def _registry_order(ck: Checkpoint) -> int:
     """Zoo order (as ``--list`` prints it), so a newly registered model sorts beside its family; unregistered
     folders (the ensemble) keep their card's order."""
-    from .zoo import list_models
-
     ids = list_models()
     return ids.index(ck.id) if ck.id in ids else ck.card.get("order", len(ids))

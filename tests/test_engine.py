@@ -47,6 +47,7 @@ def test_for_model_merges_defaults_zoo_and_overrides():
     spec = get_spec("vit_b16")
     cfg = TrainConfig.for_model(spec)
     assert cfg == TrainConfig(**spec.hparams) and cfg.pos_weight == 10.0
+    assert TrainConfig.for_model(get_spec("vgg16")).patience == 0  # a zoo override of a default (its CPU budget)
     cfg = TrainConfig.for_model(spec, epochs=7, lr=None, pos_weight=None, seed=3, not_a_field=1)
     assert cfg.epochs == 7 and cfg.seed == 3  # overrides beat the zoo
     assert cfg.lr == TrainConfig().lr and cfg.pos_weight == spec.hparams["pos_weight"]  # None is "not given"

@@ -7,6 +7,10 @@ import streamlit as st
 from pages import _common as ui
 
 st.set_page_config(page_title="CXR Compare", page_icon=":material/radiology:", layout="wide")
+st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button, wherever the server was started from
+if st.get_option("browser.gatherUsageStats"):  # the project's config.toml was not read (started from another folder)
+    st.sidebar.caption(":material/info: Started without the project's settings (usage statistics are on). "
+                       "Start with `scripts/serve.sh` to apply them from any folder.")
 
 navigation = st.navigation([
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),

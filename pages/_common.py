@@ -155,9 +155,17 @@ def header(title: str, intro: str, sel: Selection) -> None:
 
 # ---- the image being read ------------------------------------------------------------------------------------------
 
+MAX_UPLOAD_MB = 50  # the project's cap, enforced here too: a config file applies only where `streamlit run` is called
+
+
+def upload_mb() -> int:
+    """The upload cap in force: the server's setting, never above the project's."""
+    return min(int(st.get_option("server.maxUploadSize")), MAX_UPLOAD_MB)
+
+
 def upload_limits() -> Limits:
-    """The configured upload size limit, checked again server-side (the browser's check can be bypassed)."""
-    return Limits(max_bytes=int(st.get_option("server.maxUploadSize")) * 1024 * 1024)
+    """The upload size limit, checked again server-side (the browser's check can be bypassed)."""
+    return Limits(max_bytes=upload_mb() * 1024 * 1024)
 
 
 def _set_case(case: Case | None, error: str | None = None) -> None:
@@ -183,8 +191,8 @@ def _on_upload() -> None:
 
 def image_input(sel: Selection) -> None:
     """Upload, or (when the dataset is on this machine) pick a test-split image."""
-    st.file_uploader("Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM", key=UPLOAD,
-                     on_change=_on_upload, help="Read in memory only, never written to disk.")
+    st.file_uploader(f"Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM, up to {upload_mb()} MB",
+                     key=UPLOAD, on_change=_on_upload, help="Read in memory only, never written to disk.")
     ds = test_split(sel.dataset, sel.cards[0].card["dataset"]["size"]) if sel.cards else None
     if ds is not None:
         names = compare.test_image_names(ds)

@@ -21,6 +21,7 @@ from cxrcore import benchmarks, cards, checkpoints, compare, data, explain, infe
 from cxrcore.cards import TASKS
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
+from cxrcore.zoo import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE, UPLOAD, UPLOAD_ERROR, THRESHOLDS = "case", "upload", "upload_error", "thresholds"
@@ -331,10 +332,19 @@ def need_case() -> Case:
     return current
 
 
+# 24 colours that read on the dark theme: plotly's Light24 without its three gold-like ones (the ensemble's), and
+# three of Alphabet's in their place.
+MODEL_PALETTE = [c for c in plotly.colors.qualitative.Light24 if c not in ("#F6F926", "#FF9616", "#B68E00")] + [
+    "#3283FE", "#AA0DFE", "#F8A19F"]
+
+
 def colors(columns: list[str]) -> dict[str, str]:
-    """One colour per model, the same on every chart; the ensemble is always gold."""
-    palette = [c for c in plotly.colors.qualitative.Plotly if c not in ("#FECB52", "#FFA15A")]  # too close to gold
-    return {c: ENSEMBLE_COLOR if c == ENSEMBLE else palette[k % len(palette)] for k, c in enumerate(columns)}
+    """One colour per model, keyed by its place in the zoo, so a model has the same colour on every page whatever
+    else is shown; models outside the zoo follow it; the ensemble is always gold."""
+    ids = list_models()
+    extra = [c for c in columns if c not in ids and c != ENSEMBLE]
+    slot = {c: ids.index(c) if c in ids else len(ids) + extra.index(c) for c in columns if c != ENSEMBLE}
+    return {c: ENSEMBLE_COLOR if c == ENSEMBLE else MODEL_PALETTE[slot[c] % len(MODEL_PALETTE)] for c in columns}
 
 
 def translucent(color: str, alpha: float = 0.15) -> str:

@@ -1,0 +1,24 @@
+"""pages/_common.py's pure helpers: model colours."""
+from __future__ import annotations
+
+from cxrcore.compare import ENSEMBLE
+from cxrcore.zoo import list_models
+from pages import _common as ui
+
+
+def test_every_zoo_model_has_its_own_colour():
+    palette = ui.colors(list_models())
+    assert len(set(palette.values())) == len(list_models())
+    assert ui.ENSEMBLE_COLOR not in palette.values()
+
+
+def test_a_model_keeps_its_colour_whatever_else_is_shown():
+    full = ui.colors(list_models() + [ENSEMBLE])
+    subset = ui.colors(["vit_scratch", ENSEMBLE, "cnn_small"])
+    assert subset["vit_scratch"] == full["vit_scratch"] and subset["cnn_small"] == full["cnn_small"]
+    assert subset[ENSEMBLE] == ui.ENSEMBLE_COLOR
+
+
+def test_up_to_24_models_get_distinct_colours():
+    ids = [f"model_{k}" for k in range(24)]
+    assert len(set(ui.colors(ids).values())) == 24

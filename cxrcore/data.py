@@ -201,7 +201,9 @@ def load_boxes(path: Path | None = None) -> dict[str, list[Box]]:
 
 
 def preprocess(images: torch.Tensor, input_size: int, mean: float, std: float, in_chans: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float (N, in_chans, S, S). The one transform training and inference share."""
+    """uint8 (N, C, H, W) -> normalised float (N, in_chans, S, S). The one transform training and inference share.
+
+    It runs where ``images`` are (on the GPU when the batch is there) and creates no tensor anywhere else."""
     x = images.float().div_(255.0)
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
@@ -214,7 +216,9 @@ def preprocess(images: torch.Tensor, input_size: int, mean: float, std: float, i
 class Augment:
     """Random affine (rotation, translation, scale) applied to a whole batch at once; no flips.
 
-    Vertical flips never occur on chest films, and horizontal ones swap the heart's side, so neither is used.
+    Vertical flips never occur on chest films, and horizontal ones swap the heart's side, so neither is used. The
+    random draws come from ``generator`` on its own device (the batch's when none is given) and every tensor built
+    from them is moved to the batch's device, so a CUDA batch never meets a CPU transform.
     """
 
     degrees: float = 10.0
@@ -223,7 +227,7 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n = x.shape[0]
-        u = torch.rand(n, 4, generator=generator)
+        u = torch.rand(n, 4, generator=generator, device=generator.device if generator else x.device).to(x.device)
         ang = (u[:, 0] * 2 - 1) * math.radians(self.degrees)
         s = self.scale[0] + u[:, 1] * (self.scale[1] - self.scale[0])
         tx, ty = (u[:, 2] * 2 - 1) * self.translate * 2, (u[:, 3] * 2 - 1) * self.translate * 2

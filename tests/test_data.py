@@ -249,3 +249,22 @@ def test_augment_with_no_range_is_the_identity():
     x = torch.rand(4, 1, 24, 24)
     out = Augment(degrees=0, translate=0, scale=(1.0, 1.0))(x, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+# ---- device: every tensor on the batch's device ---------------------------------------------------------------------
+# No CUDA here: a batch on the "meta" device stands in for a GPU batch. A transform that builds any tensor on the CPU
+# (as Augment once did, so grid_sample met two devices on every CUDA step) fails exactly like it would on a GPU.
+
+@pytest.mark.parametrize("generator", [None, "cpu"])
+def test_augment_runs_on_the_batch_device(generator):
+    x = torch.empty(8, 1, 32, 32, device="meta")
+    gen = torch.Generator().manual_seed(0) if generator else None  # a CPU generator: its draws move to the batch
+    out = Augment()(x, gen)
+    assert out.device == x.device and out.shape == x.shape
+
+
+def test_preprocess_runs_on_the_batch_device():
+    images = torch.empty(4, 1, 28, 28, dtype=torch.uint8, device="meta")
+    for in_chans in (1, 3):
+        out = preprocess(images, 64, 0.5, 0.25, in_chans)
+        assert out.device == images.device and tuple(out.shape) == (4, in_chans, 64, 64)

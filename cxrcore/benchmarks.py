@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import checkpoints, metrics, published
+from .card import Card
 from .runs import label_columns
 from .zoo import list_models, get_spec
 
@@ -28,24 +29,24 @@ def _fmt(x: float | None, nd: int = 3) -> str:
 
 
 def table1_row(ck: checkpoints.Checkpoint) -> dict:
-    c, m = ck.card, ck.card["metrics"]
-    lo, hi = m["test"]["auc_macro_ci"]
+    c, m = ck.card, ck.card.metrics
+    ci = m.test.auc_macro_ci
     return {
-        "model": c["id"],
-        "init": c["init"]["kind"],
-        "params_M": round(c["params_total"] / 1e6, 2),
-        "train_loss": m.get("train_loss"),
-        "val_loss": m.get("val_loss"),
-        "test_acc": m["test"]["acc"],
-        "test_sensitivity": m["test"]["sensitivity_macro"],
-        "test_specificity": m["test"]["specificity_macro"],
-        "val_auc": m["val"]["auc_macro"],
-        "test_auc": m["test"]["auc_macro"],
-        "test_auc_ci": f"{lo:.3f}-{hi:.3f}",
-        "epochs": c.get("epochs_run"),
-        "best_epoch": c.get("best_epoch"),
-        "train_minutes": round(c["train_seconds"] / 60, 1),
-        "weights_shipped": all(i in SHIPPED for i in c.get("members") or [c["id"]]),  # an ensemble: all its members
+        "model": c.id,
+        "init": c.init.kind,
+        "params_M": round(c.params_total / 1e6, 2),
+        "train_loss": m.train_loss,
+        "val_loss": m.val_loss,
+        "test_acc": m.test.acc,
+        "test_sensitivity": m.test.sensitivity_macro,
+        "test_specificity": m.test.specificity_macro,
+        "val_auc": m.val.auc_macro,
+        "test_auc": m.test.auc_macro,
+        "test_auc_ci": f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else None,
+        "epochs": c.epochs_run,
+        "best_epoch": c.best_epoch,
+        "train_minutes": round(c.train_seconds / 60, 1),
+        "weights_shipped": all(i in SHIPPED for i in c.members or [c.id]),  # an ensemble: all its members
     }
 
 
@@ -65,22 +66,30 @@ def markdown(rows: list[dict], columns: list[str] | None = None) -> str:
 PER_LABEL_COLUMNS = ["positives", "auc", "sensitivity", "specificity", "ppv", "npv", "f1", "threshold"]
 
 
-def per_label_rows(card: dict, split: str = "test") -> list[dict]:
+def per_label_rows(card: Card, split: str = "test") -> list[dict]:
     """One model's per-label metrics at its card's thresholds, a row per label (None where undefined)."""
-    per = card["metrics"][split]["per_label"]
+    per = card.metrics.split(split).per_label
     return [{"label": k, **{c: v.get(c) for c in PER_LABEL_COLUMNS}} for k, v in per.items()]
 
 
 def per_label_table(cks: Sequence[checkpoints.Checkpoint], metric: str = "auc", split: str = "test") -> list[dict]:
     """One per-label card metric (AUC, sensitivity, specificity) of several models of one dataset: a row per label,
     a column per model, None where undefined."""
-    names = cks[0].card["label_names"]
-    return [{"label": n, **{c.id: c.card["metrics"][split]["per_label"][n].get(metric) for c in cks}} for n in names]
+    names = cks[0].card.label_names
+    return [{"label": n, **{c.id: c.card.metrics.split(split).per_label.get(n, {}).get(metric) for c in cks}}
+            for n in names]
 
 
 def history_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
-    """Every model's per-epoch history in long form (model, epoch, train_loss, val_loss, val_auc, ...)."""
-    return [{"model": ck.id, **row} for ck in cks for row in ck.history()]
+    """Every model's per-epoch history in long form (model, epoch, train_loss, val_loss, val_auc, ...); a model whose
+    history cannot be read has no rows (its checkpoint's ``notes`` say why)."""
+    rows = []
+    for ck in cks:
+        try:
+            rows += [{"model": ck.id, **row} for row in ck.history()]
+        except checkpoints.CheckpointError:
+            continue
+    return rows
 
 
 def direct(root: Path) -> list[checkpoints.Checkpoint]:
@@ -102,7 +111,7 @@ def write_tables(root: Path) -> None:
 def best_single(cks: list[checkpoints.Checkpoint], exclude: tuple[str, ...] = ("ensemble", "medmnist_baseline")):
     """The single model with the highest validation AUC (chosen on val, never on test)."""
     pool = [c for c in cks if c.id not in exclude]
-    return max(pool, key=lambda c: c.card["metrics"]["val"]["auc_macro"]) if pool else None
+    return max(pool, key=lambda c: c.card.metrics.val.auc_macro) if pool else None
 
 
 def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -> list[dict]:
@@ -113,7 +122,7 @@ def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -
     base, best = by_id.get("medmnist_baseline"), best_single(cks)
     if base is None or best is None:
         return []
-    task = base.card["task"]
+    task = base.card.task
     bp = base.predictions()
     y = bp["test_labels"]
     auc = lambda a, b: metrics.get_auc(a, b, task)  # noqa: E731
@@ -129,30 +138,31 @@ def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -
     return rows
 
 
-def limits_text(card: dict) -> list[str]:
-    d = card["dataset"]
-    prev = d["prevalence"]
-    names = card["label_names"]
+def limits_text(card: Card) -> list[str]:
+    d = card.dataset
+    prev = d.prevalence
+    names = card.label_names
     rare = [f"{n} ({prev['test'][i]} test / {prev['val'][i]} val positives)" for i, n in enumerate(names)
-            if prev["test"][i] < 10 or prev["val"][i] < 5]
-    out = [f"- {d['counts']['train']} training images. Small data: models from random initialisation see far less "
+            if "test" in prev and "val" in prev and (prev["test"][i] < 10 or prev["val"][i] < 5)]
+    n_train = d.counts.get("train", "an unknown number of")
+    out = [f"- {n_train} training images. Small data: models from random initialisation see far less "
            "than the 78,468 training images of the full ChestMNIST, so their AUCs sit well below published ones."
-           if card["task"].startswith("multi-label") else
-           f"- {d['counts']['train']} training images (the official split)."]
+           if card.task.startswith("multi-label") else
+           f"- {n_train} training images (the official split)."]
     if rare:
         out.append("- Labels whose AUC rests on very few positives (wide CIs; treat as anecdotal): " + ", ".join(rare)
                    + ". Validation-chosen thresholds for them are especially unstable.")
-    if card["task"].startswith("multi-label"):
+    if card.task.startswith("multi-label"):
         out.append("- Accuracy is not informative here (always answering 'negative' scores above 0.9); "
                    "read AUC and sensitivity/specificity at the chosen thresholds.")
     return out
 
 
-def prevalence_rows(card: dict) -> list[dict]:
+def prevalence_rows(card: Card) -> list[dict]:
     """Positives per label (or images per class) and split, with their share of the split, in long form."""
-    d = card["dataset"]
-    return [{"label": name, "split": split, "positives": int(n), "share": n / d["counts"][split]}
-            for split, values in d.get("prevalence", {}).items() for name, n in zip(card["label_names"], values)]
+    d = card.dataset
+    return [{"label": name, "split": split, "positives": int(n), "share": n / d.counts[split] if d.counts.get(split)
+             else None} for split, values in d.prevalence.items() for name, n in zip(card.label_names, values)]
 
 
 def _prevalence_by_label(rows: list[dict]) -> list[dict]:
@@ -176,15 +186,11 @@ def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10)
 
 def published_section(dataset: str) -> list[str]:
     """BENCHMARKS.md's published tables of a dataset's task (:func:`published.tables`, as the Benchmarks page shows
-    them), each headed as not reproduced here, then the ones not transcribed."""
+    them), each headed as not reproduced here, with its source and what it was measured on."""
     out = []
     for table in published.tables(dataset):
-        note = f" {table.note}" if table.note else ""
-        out += [f"### Published (not reproduced here): {table.title}", "", f"Source: {table.source}.{note}", "",
-                markdown(table.rows), ""]
-    missing = published.not_transcribed(dataset)
-    if missing:
-        out += ["Not shown: " + "; ".join(missing) + ".", ""]
+        out += [f"### Published (not reproduced here): {table.title}", "", f"Source: {table.source}. {table.note}",
+                "", markdown([{k: f"{v:g}" if isinstance(v, float) else v for k, v in r.items()} for r in table.rows]), ""]
     return out
 
 
@@ -201,18 +207,19 @@ def write_report(root: Path, path: Path) -> None:
            "sensitivity/specificity are label means at each model's thresholds chosen on validation (Youden J).", ""]
     for name, cks in groups.items():
         first = cks[0].card
-        d = first["dataset"]
-        out += [f"## {name} ({d['size']} px): {d['task']}", "",
-                f"Images train/val/test: {d['counts']['train']}/{d['counts']['val']}/{d['counts']['test']}"
-                f"{' (split by patient)' if name.startswith('nih14') else ''}. Source file MD5 `{d['source_md5']}`, "
-                f"split checksum `{d['split_checksum'][:16]}`. Hardware: {first.get('hardware', 'n/a')}. Epochs were chosen on "
+        d = first.dataset
+        counts = "/".join(str(d.counts.get(s, "?")) for s in ("train", "val", "test"))
+        out += [f"## {name} ({d.size} px): {first.task}", "",
+                f"Images train/val/test: {counts}"
+                f"{' (split by patient)' if name.startswith('nih14') else ''}. Source file MD5 `{d.source_md5}`, "
+                f"split checksum `{(d.split_checksum or 'n/a')[:16]}`. Hardware: {first.hardware or 'n/a'}. Epochs were chosen on "
                 "validation AUC; the test split was touched once per run.", "",
                 "### Table 1", "", markdown(table1(cks), TABLE1_COLUMNS), ""]
         comparison = baseline_comparison(cks)
         if comparison:
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap on the test split)", "",
                     markdown(comparison), ""]
-        if first["task"].startswith("multi-label"):
+        if first.task.startswith("multi-label"):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += ["### Data and its limits", "", *limits_text(first), "",
                 markdown(_prevalence_by_label(prevalence_rows(first))), ""]
@@ -220,8 +227,8 @@ def write_report(root: Path, path: Path) -> None:
                 ""]
         by_command: dict[str, list[str]] = {}
         for c in cks:
-            by_command.setdefault(c.card.get("rebuild_command", "n/a"), []).append(
-                c.id if c.id == "ensemble" else f"{c.id} {c.card['train_seconds'] / 60:.1f} min")
+            by_command.setdefault(c.card.rebuild, []).append(
+                c.id if c.id == "ensemble" else f"{c.id} {c.card.train_seconds / 60:.1f} min")
         out += [f"- `{cmd}`: {', '.join(runs)}" for cmd, runs in by_command.items()]
         out.append("")
         out += published_section(name)

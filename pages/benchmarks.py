@@ -95,8 +95,5 @@ for col, pub in zip(st.columns(max(1, len(tables))), tables):
         st.dataframe(frame, hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="%.3f") for c in frame.select_dtypes("number")})
         st.caption(f"Source: {pub.source}. {pub.note}".strip())
-missing = published.not_transcribed(sel.dataset)
-if missing:
-    st.caption("Not shown yet: " + "; ".join(missing) + ".")
 if not tables:
     st.caption("No published reference numbers for this task yet.")

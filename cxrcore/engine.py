@@ -1,18 +1,28 @@
 """Training and prediction loops.
 
 ``fit`` trains one model on a :class:`~cxrcore.data.Dataset` with the paper's recipe (BCE with positive-class weight,
-AdamW, cosine schedule, best epoch on validation AUC, early stopping), bf16 autocast and channels_last on CPUs where
-they help, fixed seeds, a resumable state after every epoch and DistributedDataParallel under ``torchrun``.
+AdamW, cosine schedule, best epoch on validation AUC, early stopping) in an explicit precision (bf16 or fp16 autocast,
+or fp32), channels_last for CNNs, fixed seeds, a resumable state after every epoch and DistributedDataParallel under
+``torchrun`` (one process per GPU on ``cuda:$LOCAL_RANK``; gloo on CPUs).
+
+The data path stays on the device: a uint8 split lives on the GPU when it fits (else each batch is gathered into
+pinned memory and copied without blocking), resizing, normalising and augmenting run there, and the loss is read back
+every :data:`LOSS_EVERY` steps, so the host queues steps without waiting for the GPU in between.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import pickle
 import platform
+import shutil
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable
@@ -26,13 +36,18 @@ from . import metrics
 from .data import Augment, Dataset, preprocess
 from .zoo import ModelSpec
 
-RESUME_FILE = ".resume.pt"
+RESUME_FILE = ".resume.pt"  # the training state after the last finished epoch (no weights but the current ones)
+BEST_FILE = ".best.pt"  # the best epoch's weights, rewritten only when validation improves
+LOSS_EVERY = 25  # steps between host reads of the running loss (each read waits for the GPU)
+DEVICE_DATA_SHARE = 0.5  # a uint8 split is kept on the GPU when it takes at most this share of the free memory
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-4
-    batch_size: int = 32
+    lr: float = 1e-4  # for one process's batch: under DDP it is multiplied by the number of processes (linear rule)
+    batch_size: int = 32  # per process (per GPU): the global batch is batch_size x the number of processes
     epochs: int = 12
     patience: int = 4  # epochs without a better val AUC before stopping; 0 = never stop early
     pos_weight: float | str = 10.0  # a number, or "balanced" (negatives/positives per label)
@@ -44,7 +59,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # single-label tasks only
     freeze_all_but: int | None = None  # partial fine-tune: train only the last N parameter groups (and the head)
     seed: int = 0
-    bf16: bool | None = None  # None: where the hardware supports it
+    precision: str = "auto"  # bf16 | fp16 | fp32, or auto: resolve_precision picks this hardware's fast one
+    compile: bool = False  # torch.compile the training forward pass
+    sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch, not each GPU's
     channels_last: bool | None = None  # None: for CNNs
     input_size: int | None = None  # override the zoo's input size
     init: str = "auto"
@@ -65,10 +82,11 @@ class TrainConfig:
 
 @dataclass
 class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun), and the few collectives fit needs."""
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # the GPU of this process on its node
 
     @property
     def main(self) -> bool:
@@ -76,10 +94,43 @@ class Dist:
 
     @classmethod
     def from_env(cls) -> "Dist":
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        if world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(int(os.environ.get("RANK", 0)), world)
+        d = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                int(os.environ.get("LOCAL_RANK", 0)))
+        if d.world > 1 and not torch.distributed.is_initialized():
+            if torch.cuda.is_available():  # NCCL bound to this rank's GPU, never every rank on cuda:0
+                torch.distributed.init_process_group("nccl", device_id=device(d))
+            else:
+                torch.distributed.init_process_group("gloo")
+        return d
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (ceil(n / world) each, the last ones shorter or empty)."""
+        size = math.ceil(n / self.world)
+        return slice(min(n, self.rank * size), min(n, (self.rank + 1) * size))
+
+    def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's :meth:`shard` of ``n`` rows, concatenated in order, on every rank."""
+        if self.world == 1:
+            return part
+        size = math.ceil(n / self.world)
+        padded = part.new_zeros((size, *part.shape[1:]))
+        padded[: len(part)] = part
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat(parts)[:n]  # only shards after the first short one are short, so the padding is all at the end
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (decisions every rank must take alike)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, 0)
+        return box[0]
 
 
 def cpu_has_bf16() -> bool:
@@ -91,14 +142,41 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(dist: Dist | None = None) -> torch.device:
+    """``cuda:$LOCAL_RANK``, made the current device (so NCCL and every default CUDA allocation use this rank's own
+    GPU), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = (dist or Dist()).local_rank
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def resolve_precision(requested: str, dev: torch.device) -> str:
+    """The precision a run uses, never left to chance: ``auto`` is bf16 on GPUs that have it (fp16 with a gradient
+    scaler on older ones) and on CPUs with avx512_bf16/AMX, fp32 on other CPUs (where bf16 is emulated and slower)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        if dev.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if requested == "fp16" and dev.type != "cuda":
+        raise ValueError("fp16 training needs a GPU; on a CPU use bf16 or fp32")
+    return requested
 
 
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def hardware_class(dev: torch.device) -> str:
+    """The kind of machine a result depends on: the GPU model, or the CPU architecture and whether it has bf16."""
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu: {platform.machine()}{', avx512_bf16' if cpu_has_bf16() else ''}"
 
 
 def seed_everything(seed: int) -> None:
@@ -117,8 +195,10 @@ def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if is_multilabel(task) else torch.softmax(logits, 1)
 
 
-def make_loss(data: Dataset, cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """BCE-with-logits with a positive-class weight for multi-label tasks; cross-entropy otherwise."""
+def make_loss(data: Dataset, cfg: TrainConfig, dev: torch.device | None = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """BCE-with-logits with a positive-class weight for multi-label tasks; cross-entropy otherwise. The weight is put
+    on ``dev`` once, not copied there every step."""
     if not is_multilabel(data.task):
         return lambda logits, y: F.cross_entropy(logits, y[:, 0].long(), label_smoothing=cfg.label_smoothing)
     y = data.labels["train"]
@@ -127,6 +207,7 @@ def make_loss(data: Dataset, cfg: TrainConfig) -> Callable[[torch.Tensor, torch.
         pw = torch.tensor((len(y) - pos) / pos, dtype=torch.float32)
     else:
         pw = torch.full((y.shape[1],), float(cfg.pos_weight))
+    pw = pw.to(dev or "cpu")
     return lambda logits, target: F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw.to(logits.device))
 
 
@@ -166,57 +247,126 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
 
 @dataclass
 class Prepared:
-    """What the loops need to turn uint8 images into model input."""
+    """What the loops need to turn uint8 images into model input, and the precision the model runs in."""
 
     input_size: int
     mean: float
     std: float
     in_chans: int
     channels_last: bool = False
-    bf16: bool = False
+    precision: str = "fp32"  # bf16 | fp16 | fp32 (resolved: never "auto")
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, augment: Augment | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model input on the images' device: resized and normalised, augmented when asked, then in the layout the
+        model was put in (after the augmentation, whose output is plain NCHW)."""
         x = preprocess(images, self.input_size, self.mean, self.std, self.in_chans)
+        if augment is not None:
+            x = augment(x, generator)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def autocast(self):
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(dev, dtype=torch.bfloat16, enabled=self.bf16)
+    def autocast(self, dev: torch.device):
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def fits_on_device(nbytes: int, dev: torch.device) -> bool:
+    """Whether a split of ``nbytes`` should live on ``dev`` (a GPU with room to spare for the model)."""
+    return dev.type == "cuda" and nbytes <= DEVICE_DATA_SHARE * torch.cuda.mem_get_info(dev)[0]
+
+
+class DeviceRows:
+    """One split's rows (uint8 images or labels) as the loops read them: on the GPU when they fit, gathered there;
+    otherwise left where they are (on the CPU, for a memory-mapped dataset file that all ranks of a node share in the
+    page cache), gathered into pinned memory and copied without blocking. On a CPU device nothing is copied."""
+
+    def __init__(self, rows: torch.Tensor, dev: torch.device):
+        self.dev = dev
+        self.resident = dev.type == "cpu" or fits_on_device(rows.nbytes, dev)
+        self.rows = rows.to(dev) if self.resident else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (a CPU index tensor) on the device."""
+        if self.resident:
+            return self.rows[idx.to(self.dev, non_blocking=True)]
+        # the caching host allocator keeps a pinned block until its copy has finished, so this cannot race
+        out = torch.empty((len(idx), *self.rows.shape[1:]), dtype=self.rows.dtype, pin_memory=True)
+        torch.index_select(self.rows, 0, idx, out=out)
+        return out.to(self.dev, non_blocking=True)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: DeviceRows, prep: Prepared, n_out: int = 0, batch_size: int = 128,
+            progress: Callable[[float], None] | None = None) -> torch.Tensor:
+    """fp32 logits of every image, in order, on the device ((0, n_out) for no images: a rank's empty shard)."""
+    model.eval()
+    out = [] if len(images) else [torch.empty(0, n_out, device=images.dev)]
+    for i in range(0, len(images), batch_size):
+        with prep.autocast(images.dev):
+            out.append(model(prep(images.take(torch.arange(i, min(i + batch_size, len(images)))))).float())
+        if progress:
+            progress(min(1.0, (i + batch_size) / len(images)))
+    return torch.cat(out)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, prep: Prepared, task: str, batch_size: int = 128,
             progress: Callable[[float], None] | None = None) -> np.ndarray:
-    """Probabilities for uint8 images (N, C, H, W), in order."""
-    model.eval()
+    """Probabilities for uint8 images (N, C, H, W), in order (preprocessed on the model's device)."""
     dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        with prep.autocast():
-            logits = model(prep(images[i: i + batch_size]).to(dev))
-        out.append(to_probs(logits.float(), task).cpu())
-        if progress:
-            progress(min(1.0, (i + batch_size) / len(images)))
-    return torch.cat(out).numpy()
+    return to_probs(_logits(model, DeviceRows(images, dev), prep, 0, batch_size, progress), task).cpu().numpy()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: str, prep: Prepared, loss_fn: Callable) -> dict:
-    """Loss, AUC, accuracy, sensitivity, specificity (at 0.5) and the probabilities of one split."""
-    model.eval()
+def evaluate(model: nn.Module, data: Dataset, split: str, prep: Prepared, loss_fn: Callable,
+             dist: Dist | None = None) -> dict:
+    """Loss, AUC, accuracy, sensitivity, specificity (at 0.5) and the probabilities of one split.
+
+    Under DDP every rank scores its :meth:`Dist.shard` of the split and the logits are gathered, so every rank
+    returns the numbers of the whole split (in the time of one shard)."""
+    dist = dist or Dist()
     dev = next(model.parameters()).device
-    probs, losses = [], []
-    y_all = torch.from_numpy(data.labels[split])
-    for i in range(0, len(y_all), 128):
-        with prep.autocast():
-            logits = model(prep(data.images[split][i: i + 128]).to(dev)).float()
-        losses.append(loss_fn(logits, y_all[i: i + 128].to(dev)).item() * len(logits))
-        probs.append(to_probs(logits, data.task).cpu())
-    p, y = torch.cat(probs).numpy(), data.labels[split]
+    y = data.labels[split]
+    part = DeviceRows(data.images[split][dist.shard(len(y))], dev)
+    logits = dist.gather_rows(_logits(model, part, prep, data.num_outputs), len(y))
+    loss = loss_fn(logits, torch.from_numpy(y).to(dev)).item()
+    p = to_probs(logits, data.task).cpu().numpy()
     cols = y if is_multilabel(data.task) else np.eye(p.shape[1])[y[:, 0].astype(int)]
     sens, spec = metrics.macro_sens_spec(cols, p, 0.5)
-    return {"loss": sum(losses) / len(y), "auc": metrics.get_auc(y, p, data.task),
-            "acc": metrics.get_acc(y, p, data.task), "sensitivity": sens, "specificity": spec, "probs": p}
+    return {"loss": loss, "auc": metrics.get_auc(y, p, data.task), "acc": metrics.get_acc(y, p, data.task),
+            "sensitivity": sens, "specificity": spec, "probs": p}
+
+
+@dataclass
+class TrainStep:
+    """One optimisation step, from a uint8 batch on the device to updated weights: preprocess and augment there,
+    forward under the run's autocast, loss in fp32, backward (through the gradient scaler in fp16), optimiser step.
+    Returns the loss as a device tensor: reading it is the caller's choice (it waits for the GPU)."""
+
+    model: nn.Module  # what runs the forward pass: the DDP wrapper and/or the compiled module
+    opt: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    prep: Prepared
+    augment: Augment | None
+    scaler: torch.amp.GradScaler
+
+    def __call__(self, images: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        x = self.prep(images, self.augment, generator)
+        with self.prep.autocast(x.device):
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach()
+
+
+def wrap_ddp(model: nn.Module, dev: torch.device) -> nn.Module:
+    """DistributedDataParallel on this rank's own GPU (``device_ids``), or over CPU processes."""
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
 @dataclass
@@ -227,107 +377,156 @@ class FitResult:
     epochs_run: int
     train_seconds: float
     stopped_early: bool
-    bf16: bool
+    precision: str
     channels_last: bool
     resumed_from: int | None = None
-    extra: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # how it ran: device, compile, batch and lr after scaling, ...
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
 
 
-def _save_resume(path: Path, state: dict) -> None:
+class StateWriteError(OSError):
+    """The resume state or the best weights could not be written (typically a full disk)."""
+
+
+def _save(obj: dict, path: Path) -> None:
+    """Write ``obj`` to ``path`` atomically: the old file stays whole until the new one is complete, and a failed
+    write (a full disk) leaves no partial temporary file behind."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 1e6
+        raise StateWriteError(
+            f"could not write {path} ({exc}); {free:.0f} MB free on that disk. Nothing partial was left behind: "
+            "free some space (or train into another --out) and rerun; training resumes from the last state written."
+        ) from exc
+
+
+def _read_state(work_dir: Path, spec: ModelSpec, cfg: TrainConfig, set_aside: bool) -> dict | None:
+    """The resume state of this model and recipe with its best weights (``state["best"]``), or None.
+
+    An unreadable file (or best weights that do not match it) is reported by path and, when ``set_aside``, renamed
+    to ``*.corrupt`` so the next start does not trip on it again; training then restarts from scratch."""
+    path, best_path = work_dir / RESUME_FILE, work_dir / BEST_FILE
+    if not path.exists():
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if st.get("config_key") != cfg.key() or st.get("model_id") != spec.id:
+            return None  # another recipe's state: this run starts afresh (and overwrites it)
+        st["best"] = None
+        if st["best_epoch"] > 0:
+            best = torch.load(best_path, map_location="cpu", weights_only=True)
+            if best["epoch"] != st["best_epoch"]:
+                raise ValueError(f"{best_path} holds epoch {best['epoch']}, the state names {st['best_epoch']}")
+            st["best"] = best["model"]
+        return st
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        if not set_aside:
+            raise
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        warnings.warn(f"{path} could not be used ({type(exc).__name__}: {exc}); set aside as {aside}. "
+                      "Training restarts from scratch.", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work_dir: Path,
         progress: Callable[[dict], None] | None = None, dist: Dist | None = None) -> FitResult:
     """Train ``model`` on ``data``; the best epoch by validation AUC is what comes back.
 
-    After every epoch the full training state goes to ``work_dir/.resume.pt``; a later call with the same recipe
-    continues from it (an interrupted run loses at most one epoch).
+    Epochs are chosen in the training precision; stored predictions are the caller's, in fp32. After every epoch
+    rank 0 writes the training state to ``work_dir/.resume.pt`` (and the best weights to ``.best.pt`` when they
+    improve); a later call with the same recipe, under torchrun too, continues from it.
     """
     dist = dist or Dist()
     seed_everything(cfg.seed)
-    dev = device()
-    model.to(dev)
-    cnn = not spec.vit
+    dev = device(dist)
     prep = Prepared(
         cfg.input_size or spec.model_input_size(data.size), *spec.norm, in_chans=data.channels,
-        channels_last=cnn if cfg.channels_last is None else cfg.channels_last,
-        bf16=(torch.cuda.is_available() or cpu_has_bf16()) if cfg.bf16 is None else cfg.bf16,
+        channels_last=not spec.vit if cfg.channels_last is None else cfg.channels_last,
+        precision=resolve_precision(cfg.precision, dev),
     )
-    # Validation runs in fp32, as the app serves the model: bf16 moved a MobileNet-V2's probabilities by up to 0.17,
-    # so an epoch chosen (and metrics stored) in bf16 would describe another model than the one users run.
-    serving = dataclasses.replace(prep, bf16=False)
+    model.to(dev)
     if prep.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.freeze_all_but is not None:
         freeze_all_but(model, cfg.freeze_all_but)
-    loss_fn = make_loss(data, cfg)
-    opt = make_optimizer(model, cfg)
-    train_model = model
-    if dist.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model)
-    augment = Augment() if cfg.augment else None
+    sync_bn = cfg.sync_batchnorm and dist.world > 1
+    if sync_bn:
+        if dev.type != "cuda":
+            raise ValueError("SyncBatchNorm runs on GPUs only; train without sync_batchnorm on CPUs")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loss_fn = make_loss(data, cfg, dev)
+    lr = cfg.lr * dist.world  # linear scaling: the global batch grows with the number of processes
+    opt = make_optimizer(model, dataclasses.replace(cfg, lr=lr))
+    scaler = torch.amp.GradScaler(dev.type, enabled=prep.precision == "fp16")
 
     history: list[dict] = []
-    best_auc, best_epoch, best_state, start_epoch, bad, elapsed = -1.0, -1, None, 0, 0, 0.0
-    resume_path = work_dir / RESUME_FILE
-    resumed_from = None
-    if resume_path.exists():
-        st = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if st.get("config_key") == cfg.key() and st.get("model_id") == spec.id:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            history, best_auc, best_epoch, bad = st["history"], st["best_auc"], st["best_epoch"], st["bad"]
-            best_state, start_epoch, elapsed = st["best_state"], st["epoch"] + 1, st["elapsed"]
-            torch.set_rng_state(st["rng"])
-            resumed_from = start_epoch
+    best_auc, best_epoch, best_state, start_epoch, bad, elapsed, resumed_from = -1.0, 0, None, 0, 0, 0.0, None
+    st = _read_state(work_dir, spec, cfg, set_aside=True) if dist.main else None
+    if dist.broadcast(st is not None):
+        st = st if dist.main else _read_state(work_dir, spec, cfg, set_aside=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        scaler.load_state_dict(st["scaler"])
+        history, best_auc, best_epoch, bad = st["history"], st["best_auc"], st["best_epoch"], st["bad"]
+        best_state, start_epoch, elapsed = st["best"], st["epoch"] + 1, st["elapsed"]
+        torch.set_rng_state(st["rng"])
+        if dev.type == "cuda" and st.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(st["cuda_rng"], dev)
+        resumed_from = start_epoch
+    train_model = wrap_ddp(model, dev) if dist.world > 1 else model
+    step_fn = TrainStep(torch.compile(train_model) if cfg.compile else train_model, opt, loss_fn, prep,
+                        Augment() if cfg.augment else None, scaler)
 
-    x_train, y_train = data.images["train"], torch.from_numpy(data.labels["train"])
-    n = len(y_train)
-    per_rank = max(1, cfg.batch_size // dist.world)
-    steps = math.ceil(n / cfg.batch_size)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    x_train = DeviceRows(data.images["train"], dev)
+    y_train = DeviceRows(torch.from_numpy(data.labels["train"]), dev)
+    n, global_batch = len(y_train), cfg.batch_size * dist.world
+    steps = math.ceil(n / global_batch)
+    gen, aug_gen = torch.Generator(), torch.Generator(device=dev)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)  # same permutation on every rank, and after a resume
+        aug_gen.manual_seed(cfg.seed * 1000 + epoch + 10 ** 6)
         perm = torch.randperm(n, generator=gen)
-        train_model.train()
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+        model.train()
+        t0, running, seen, shown = time.perf_counter(), torch.zeros((), device=dev), 0, float("nan")
         for step in range(steps):
-            batch = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = perm[step * global_batch:(step + 1) * global_batch]
             if len(batch) < dist.world:  # skipped on every rank alike: a rank left out would hang DDP's all-reduce
                 continue
-            idx = batch[dist.rank::dist.world][:per_rank]
+            idx = batch[dist.rank::dist.world]
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(epoch + step / steps, cfg)
-            x = prep(x_train[idx]).to(dev)
-            if augment:
-                x = augment(x, gen)
-            y = y_train[idx].to(dev)
-            with prep.autocast():
-                logits = train_model(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
+                g["lr"] = lr * lr_factor(epoch + step / steps, cfg)
+            running += step_fn(x_train.take(idx), y_train.take(idx), aug_gen) * len(idx)
             seen += len(idx)
             if progress and dist.main:
-                progress({"epoch": epoch, "step": step + 1, "steps": steps, "loss": loss_sum / seen})
+                if step % LOSS_EVERY == 0 or step == steps - 1:
+                    shown = running.item() / seen
+                progress({"epoch": epoch, "step": step + 1, "steps": steps, "loss": shown})
+        totals = dist.sum(torch.stack([running, torch.tensor(float(seen), device=dev)]))
+        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
         epoch_s = time.perf_counter() - t0
         elapsed += epoch_s
-        if dist.world > 1:  # BatchNorm statistics drift apart per rank: all evaluate rank 0's, so all stop alike
+        if dist.world > 1:  # BatchNorm statistics drift apart per rank: every shard is scored with rank 0's
             for buf in model.buffers():
                 torch.distributed.broadcast(buf, 0)
-        val = evaluate(model, data, "val", serving, loss_fn)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+        val = evaluate(model, data, "val", prep, loss_fn, dist)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
                "val_loss": val["loss"], "val_acc": val["acc"], "val_sensitivity": val["sensitivity"],
                "val_specificity": val["specificity"], "val_auc": val["auc"], "epoch_seconds": epoch_s}
+        improved = row["val_auc"] > best_auc
+        row, improved = dist.broadcast((row, improved))  # rank 0 decides; every rank follows
         history.append(row)
-        if val["auc"] > best_auc:
-            best_auc, best_epoch, bad = val["auc"], epoch + 1, 0
+        if improved:
+            best_auc, best_epoch, bad = row["val_auc"], epoch + 1, 0
             best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
         else:
             bad += 1
@@ -335,21 +534,30 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
             progress({**row, "epoch": epoch, "done": True})  # 0-based like the step events (row["epoch"] is 1-based)
         if dist.main:
             work_dir.mkdir(parents=True, exist_ok=True)
-            _save_resume(resume_path, {
-                "model_id": spec.id, "config_key": cfg.key(), "epoch": epoch, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "history": history, "best_auc": best_auc, "best_epoch": best_epoch,
-                "bad": bad, "best_state": best_state, "elapsed": elapsed, "rng": torch.get_rng_state()})
+            if improved:  # before the state that names it, so a state never points at weights not yet written
+                _save({"epoch": best_epoch, "model": best_state}, work_dir / BEST_FILE)
+            _save({"model_id": spec.id, "config_key": cfg.key(), "epoch": epoch, "model": model.state_dict(),
+                   "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "history": history,
+                   "best_auc": best_auc, "best_epoch": best_epoch, "bad": bad, "elapsed": elapsed,
+                   "rng": torch.get_rng_state(),
+                   "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
+                  work_dir / RESUME_FILE)
         if cfg.patience and bad >= cfg.patience:
             stopped_early = True
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(model, history, best_epoch, len(history), elapsed, stopped_early, prep.bf16,
-                     prep.channels_last, resumed_from)
+    settings = {"device": str(dev), "hardware_class": hardware_class(dev), "threads": torch.get_num_threads(),
+                "compile": cfg.compile, "sync_batchnorm": sync_bn, "global_batch_size": global_batch, "lr": lr,
+                "data_on_device": x_train.resident and dev.type != "cpu"}
+    return FitResult(model, history, best_epoch, len(history), elapsed, stopped_early, prep.precision,
+                     prep.channels_last, resumed_from, settings)
 
 
 def clear_resume(work_dir: Path) -> None:
-    (work_dir / RESUME_FILE).unlink(missing_ok=True)
+    """Remove the resume state and the best weights (the checkpoint now holds them)."""
+    for name in (RESUME_FILE, BEST_FILE):
+        (work_dir / name).unlink(missing_ok=True)
 
 
 def prepared_for(card: dict) -> Prepared:

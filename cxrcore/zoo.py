@@ -184,7 +184,7 @@ for _depth in (121, 161, 201):
 # Depthwise-convolution nets train in fp32: under bf16 autocast an EfficientNet-B0 epoch took 20.6 s here against
 # 4.8 s in fp32, and MobileNet-V2 / EfficientNet-B0 trained under it predicted up to 0.17 apart in fp32, the precision
 # the app serves in.
-_FP32 = {"bf16": False}
+_FP32 = {"precision": "fp32"}
 _register_timm("efficientnet_b0", "efficientnet_b0", "ra_in1k", arch="EfficientNet-B0", family="efficientnet",
                cam_layer="bn2", hparams=_FP32, scratch_hparams=_SCRATCH, ship=True, paper="ChestMNIST workshop paper")
 # Upscaled to 128 px, chosen on NIH validation AUC: 0.643, against 0.605 at 96 px and 0.622 with balanced weights.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,7 +213,7 @@ def test_evaluate_reports_medmnist_metrics_of_its_probabilities(small):
 def test_prepared_for_reads_the_card():
     card = {"input_size": 96, "normalisation": [0.5, 0.5], "dataset": {"channels": 1}}
     prep = engine.prepared_for(card)
-    assert (prep.input_size, prep.mean, prep.std, prep.in_chans, prep.bf16) == (96, 0.5, 0.5, 1, False)
+    assert (prep.input_size, prep.mean, prep.std, prep.in_chans, prep.precision) == (96, 0.5, 0.5, 1, "fp32")
     assert tuple(prep(torch.zeros(2, 1, 64, 64, dtype=torch.uint8)).shape) == (2, 1, 96, 96)
 
 
@@ -222,7 +224,7 @@ def config(**kw) -> TrainConfig:
 
 
 def test_fit_on_real_images_keeps_the_best_validation_epoch(small, tmp_path):
-    spec, cfg = get_spec("vanilla_cnn"), config(epochs=2, bf16=True)
+    spec, cfg = get_spec("vanilla_cnn"), config(epochs=2, precision="bf16")
     model = fresh()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     events = []
@@ -236,16 +238,21 @@ def test_fit_on_real_images_keeps_the_best_validation_epoch(small, tmp_path):
     assert len(steps) == 2 * 4 and {e["steps"] for e in steps} == {4}  # 64 images / batch 16
     assert [e["epoch"] for e in events if e.get("done")] == [0, 1]
     assert any(not torch.equal(start[k], v) for k, v in res.model.state_dict().items())
-    # the returned weights are the best epoch's: evaluating them as the app serves them (fp32, although training ran
-    # in bf16) gives that epoch's validation AUC
-    assert res.bf16
-    prep = Prepared(64, *spec.norm, 1, channels_last=res.channels_last, bf16=False)
+    # the returned weights are the best epoch's: evaluating them in the training precision, in which the epoch was
+    # chosen, gives that epoch's validation AUC
+    assert res.precision == "bf16" and res.bf16
+    prep = Prepared(64, *spec.norm, 1, channels_last=res.channels_last, precision=res.precision)
     again = engine.evaluate(res.model, small, "val", prep, make_loss(small, cfg))
     assert again["auc"] == pytest.approx(aucs[res.best_epoch - 1], abs=1e-9)
     state = torch.load(tmp_path / RESUME_FILE, weights_only=True)
     assert state["epoch"] == 1 and state["config_key"] == cfg.key() and state["model_id"] == "vanilla_cnn"
+    best = torch.load(tmp_path / engine.BEST_FILE, weights_only=True)  # the best weights live in their own file
+    assert best["epoch"] == res.best_epoch and not {"best", "best_state"} & set(state)  # no second copy in the state
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(best["model"][k], v.cpu()), k
+    assert res.settings["threads"] == torch.get_num_threads() and res.settings["hardware_class"].startswith("cpu")
     engine.clear_resume(tmp_path)
-    assert not (tmp_path / RESUME_FILE).exists()
+    assert not (tmp_path / RESUME_FILE).exists() and not (tmp_path / engine.BEST_FILE).exists()
 
 
 def test_fit_stops_early_when_validation_stops_improving(small, tmp_path):
@@ -310,3 +317,160 @@ def test_partial_fine_tune_leaves_frozen_weights_untouched(small, tmp_path):
     assert torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
     assert not torch.equal(after["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
+
+
+# ---- devices and precision (no CUDA here: stand-ins) ---------------------------------------------------------------
+
+def test_each_rank_trains_on_its_own_gpu(monkeypatch):
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert engine.device(engine.Dist(rank=5, world=8, local_rank=1)) == torch.device("cuda", 1)
+    assert current == [1]  # made current, so NCCL and default allocations do not all land on cuda:0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine.device(engine.Dist(rank=5, world=8, local_rank=1)) == torch.device("cpu")
+
+
+def test_dist_reads_local_rank_and_ddp_gets_device_ids(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert engine.Dist.from_env() == engine.Dist(0, 1, 3)
+    seen = {}
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda model, **kw: seen.setdefault(str(len(seen)), kw))
+    engine.wrap_ddp(torch.nn.Linear(2, 2), torch.device("cuda", 3))
+    engine.wrap_ddp(torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert seen == {"0": {"device_ids": [3]}, "1": {"device_ids": None}}
+
+
+def test_precision_is_resolved_explicitly(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for has in (True, False):
+        monkeypatch.setattr(engine, "cpu_has_bf16", lambda has=has: has)
+        assert engine.resolve_precision("auto", cpu) == ("bf16" if has else "fp32")
+    for has in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda has=has: has)
+        assert engine.resolve_precision("auto", gpu) == ("bf16" if has else "fp16")  # fp16 (with a scaler) on old GPUs
+    assert engine.resolve_precision("fp32", gpu) == "fp32" and engine.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="fp16 training needs a GPU"):
+        engine.resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="choose one of"):
+        engine.resolve_precision("tf32", cpu)
+
+
+def test_autocast_follows_the_precision():
+    w = torch.randn(4, 4)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with Prepared(8, 0.5, 0.5, 1, precision=precision).autocast(torch.device("cpu")):
+            assert (w @ w).dtype == dtype
+
+
+def test_the_training_step_makes_no_tensor_off_the_batch_device():
+    """The whole step (preprocess, augmentation with a CPU or no generator, forward, loss, backward, AdamW) on 'meta'
+    tensors: any tensor built on the CPU meets the batch and fails, as it would on a GPU."""
+    model = create_model("resnet18", 3, 1, 32).to("meta")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    prep = Prepared(32, 0.5, 0.5, 1, channels_last=True)
+    loss_fn = lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)  # noqa: E731
+    step = engine.TrainStep(model, opt, loss_fn, prep, engine.Augment(), torch.amp.GradScaler("cpu", enabled=False))
+    x, y = torch.empty(4, 1, 28, 28, dtype=torch.uint8, device="meta"), torch.empty(4, 3, device="meta")
+    for gen in (None, torch.Generator().manual_seed(0)):
+        assert step(x, y, gen).device == x.device
+
+
+def test_the_training_step_goes_through_the_gradient_scaler():
+    calls = []
+
+    class Scaler:  # stands in for fp16's GradScaler, which needs CUDA
+        def scale(self, loss):
+            calls.append("scale")
+            return loss * 1.0
+
+        def step(self, opt):
+            calls.append("step")
+            opt.step()
+
+        def update(self):
+            calls.append("update")
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    before = model[1].weight.detach().clone()
+    step = engine.TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            lambda logits, y: F.mse_loss(logits, y), Prepared(2, 0.0, 1.0, 1), None, Scaler())
+    step(torch.full((3, 1, 2, 2), 255, dtype=torch.uint8), torch.zeros(3, 2), None)
+    assert calls == ["scale", "step", "update"] and not torch.equal(model[1].weight, before)
+
+
+def test_splits_stay_on_the_gpu_only_when_they_fit(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1000, 4000))
+    gpu = torch.device("cuda", 0)
+    assert engine.fits_on_device(500, gpu) and not engine.fits_on_device(501, gpu)  # half the free memory at most
+    assert not engine.fits_on_device(1, torch.device("cpu"))
+    rows = torch.arange(12, dtype=torch.uint8).view(6, 2)
+    on_cpu = engine.DeviceRows(rows, torch.device("cpu"))
+    assert on_cpu.resident and on_cpu.rows.data_ptr() == rows.data_ptr()  # a memory-mapped split is not copied
+    assert torch.equal(on_cpu.take(torch.tensor([4, 1])), rows[[4, 1]])
+
+
+def test_shards_cover_every_row_once_in_order():
+    for n, world in ((47, 2), (5, 4), (3, 4), (8, 8)):
+        parts = [list(range(n))[engine.Dist(r, world).shard(n)] for r in range(world)]
+        assert sum(parts, []) == list(range(n)) and max(map(len, parts)) == math.ceil(n / world)
+
+
+def test_the_loss_is_read_back_every_few_steps_not_every_step(small, tmp_path, monkeypatch):
+    reads = []  # host reads the engine itself makes (each one waits for the GPU); the optimiser's own are elsewhere
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: (sys._getframe(1).f_code.co_filename == engine.__file__
+                                                         and reads.append(1)) or item(t))
+    events = []
+    fit(fresh(), get_spec("vanilla_cnn"), small, config(epochs=1, batch_size=2), tmp_path, progress=events.append)
+    steps = [e for e in events if "step" in e]
+    assert len(steps) == 32 and all(math.isfinite(e["loss"]) for e in steps)
+    # step 1, step 26 (LOSS_EVERY = 25) and the last for the bar, the epoch's mean, the validation loss
+    assert engine.LOSS_EVERY == 25 and len(reads) == 5
+
+
+# ---- resume files --------------------------------------------------------------------------------------------------
+
+def test_best_weights_are_written_only_when_they_improve(small, tmp_path, monkeypatch):
+    written = []
+    save = engine._save
+    monkeypatch.setattr(engine, "_save", lambda obj, path: written.append(path.name) or save(obj, path))
+    cfg = config(model_id="vit_scratch", epochs=3, patience=0, lr=0.0)  # val AUC never changes: epoch 1 stays best
+    fit(fresh("vit_scratch"), get_spec("vit_scratch"), small, cfg, tmp_path)
+    assert written == [engine.BEST_FILE, RESUME_FILE, RESUME_FILE, RESUME_FILE]
+
+
+def test_a_corrupt_resume_file_is_set_aside_and_training_restarts(small, tmp_path):
+    spec, cfg = get_spec("vanilla_cnn"), config(epochs=1)
+    full = fit(fresh(), spec, small, cfg, tmp_path / "full")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RESUME_FILE).write_bytes(b"PK\x03\x04 half a zip file")
+    with pytest.warns(RuntimeWarning, match=rf"{RESUME_FILE}.*set aside as .*{RESUME_FILE}.corrupt.*from scratch"):
+        res = fit(fresh(), spec, small, cfg, run)
+    assert res.resumed_from is None and (run / (RESUME_FILE + ".corrupt")).exists()
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert drop(res.history) == drop(full.history)
+    assert torch.load(run / RESUME_FILE, weights_only=True)["epoch"] == 0  # a good state replaced the bad one
+
+
+def test_best_weights_that_do_not_match_the_state_are_reported(small, tmp_path):
+    spec, cfg = get_spec("vanilla_cnn"), config(epochs=1)
+    fit(fresh(), spec, small, cfg, tmp_path)
+    (tmp_path / engine.BEST_FILE).unlink()
+    with pytest.warns(RuntimeWarning, match=engine.BEST_FILE):
+        assert fit(fresh(), spec, small, cfg, tmp_path).resumed_from is None
+
+
+def test_a_full_disk_stops_with_a_clear_message_and_no_partial_file(small, tmp_path, monkeypatch):
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.torch, "save", full_disk)
+    with pytest.raises(engine.StateWriteError, match=r"could not write .*\.best\.pt .*No space left.*MB free"):
+        fit(fresh(), get_spec("vanilla_cnn"), small, config(epochs=1), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -197,3 +197,63 @@ def test_ddp_ranks_stay_in_step(tmp_path, data_dir):
     assert [r["rank"] for r in results] == [0, 1]
     r0, r1 = ({k: v for k, v in r.items() if k != "rank"} for r in results)
     assert r0 == r1
+
+
+RESUME_DDP = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    import numpy as np
+    import torch
+    from cxrcore.data import load_dataset
+    from cxrcore.engine import Dist, Prepared, TrainConfig, evaluate, fit, make_loss
+    from cxrcore.zoo import create_model, get_spec
+
+    mode, work = sys.argv[1], Path(sys.argv[2])
+    dist = Dist.from_env()
+    data = load_dataset("nih14-local", 64).subset({"train": 65, "val": 47, "test": 8})  # 47: shards of 24 and 23
+    spec = get_spec("cnn_deep")  # dropout: the RNG state must resume too
+    cfg = TrainConfig.for_model(spec, epochs=3, batch_size=16, patience=0)
+
+    def die_in_second_epoch(ev):  # like a killed job: rank 0 dies, torchrun takes rank 1 down
+        if ev["epoch"] == 1 and ev.get("step") == 1:
+            os._exit(3)
+
+    def train(folder, progress=None):
+        torch.manual_seed(0)
+        return fit(create_model("cnn_deep", 14, 1, 64), spec, data, cfg, work / folder, progress, dist)
+
+    if mode == "interrupt":
+        train("run", die_in_second_epoch)
+    res, full = train("run"), train("full")
+    prep = Prepared(64, *spec.norm, 1, channels_last=res.channels_last, precision=res.precision)
+    sharded = evaluate(res.model, data, "val", prep, make_loss(data, cfg), dist)
+    alone = evaluate(res.model, data, "val", prep, make_loss(data, cfg))  # this rank scores every image itself
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
+    print("RESULT", json.dumps({
+        "rank": dist.rank, "resumed_from": res.resumed_from, "same_history": drop(res.history) == drop(full.history),
+        "same_weights": all(torch.equal(v, full.model.state_dict()[k]) for k, v in res.model.state_dict().items()),
+        "sharded_probs_diff": float(np.abs(sharded["probs"] - alone["probs"]).max()),
+        "sharded_auc": [sharded["auc"], alone["auc"]], "n": len(sharded["probs"]),
+        "files": sorted(p.name for p in (work / "run").iterdir())}), flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_ddp_resumes_a_killed_run_and_shards_validation(tmp_path, data_dir):
+    """Two gloo processes: a job killed in its second epoch resumes under torchrun to the weights and history of an
+    uninterrupted one, and validation scored in two shards and gathered equals one process scoring every image."""
+    script = tmp_path / "resume_ddp.py"
+    script.write_text(RESUME_DDP)
+    killed = torchrun(str(script), "interrupt", str(tmp_path / "work"), timeout=300)
+    assert killed.returncode != 0 and "RESULT" not in killed.stdout
+    assert (tmp_path / "work" / "run" / ".resume.pt").exists()
+    res = torchrun(str(script), "resume", str(tmp_path / "work"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines()
+                      if line.startswith("RESULT ")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1]
+    for r in results:
+        assert r["resumed_from"] == 1 and r["same_history"] and r["same_weights"], r
+        assert r["n"] == 47 and r["sharded_probs_diff"] < 1e-6 and r["sharded_auc"][0] == pytest.approx(
+            r["sharded_auc"][1], abs=1e-9)
+        assert r["files"] == [".best.pt", ".resume.pt"]  # rank 0 alone wrote, and no temporary file is left

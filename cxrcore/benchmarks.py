@@ -12,9 +12,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import checkpoints, metrics, published
+from . import checkpoints, curves, metrics, published
 from .card import Card
 from .runs import label_columns
+from .task import kind_of
 from .zoo import list_models, get_spec
 
 SHIPPED = frozenset(i for i in list_models() if get_spec(i).ship)  # weights committed in the repository
@@ -51,7 +52,76 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
 
 
 def table1(cks: list[checkpoints.Checkpoint]) -> list[dict]:
-    return [table1_row(c) for c in cks]
+    return [{**table1_row(c), **multiclass_columns(c)} for c in cks]
+
+
+# ---- multi-class tasks: argmax calls, macro averages, confusion matrices -------------------------------------------
+
+MULTICLASS_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_precision_macro",
+                      "test_recall_macro", "test_f1_macro", "val_auc", "test_auc", "test_auc_ci", "epochs",
+                      "best_epoch", "train_minutes", "weights_shipped"]
+
+
+def multiclass_metrics(ck: checkpoints.Checkpoint, split: str = "test") -> dict:
+    """A split's multi-class metrics (:func:`metrics.multiclass_summary`) from the card; {} for other tasks."""
+    extra = ck.card.metrics.split(split).extra
+    return extra if "confusion" in extra else {}
+
+
+def multiclass_columns(ck: checkpoints.Checkpoint) -> dict:
+    """Table 1's extra columns of a multi-class model: test macro precision, recall and F1 (its test_acc is the
+    argmax accuracy and its AUC one-vs-rest)."""
+    m = multiclass_metrics(ck)
+    return {f"test_{k}": m[k] for k in ("precision_macro", "recall_macro", "f1_macro")} if m else {}
+
+
+def table1_columns(task: str) -> list[str]:
+    return MULTICLASS_COLUMNS if kind_of(task) == "multi-class" else TABLE1_COLUMNS
+
+
+def confusion_frame(ck: checkpoints.Checkpoint, split: str = "test") -> list[dict]:
+    """A multi-class model's confusion matrix as rows (true class) of counts per predicted class ([] otherwise)."""
+    m = multiclass_metrics(ck, split)
+    names = ck.card.label_names
+    return [{"true": t, **dict(zip(names, row))} for t, row in zip(names, m["confusion"])] if m else []
+
+
+def per_class_rows(ck: checkpoints.Checkpoint, split: str = "test") -> list[dict]:
+    """Per-class sensitivity (recall), specificity, precision and support of the argmax calls."""
+    m = multiclass_metrics(ck, split)
+    return [{"class": k, **v} for k, v in m.get("per_class", {}).items()]
+
+
+def multiclass_section(cks: Sequence[checkpoints.Checkpoint]) -> list[str]:
+    """BENCHMARKS.md's confusion matrices (test split, argmax calls) and per-class rates, one model after another."""
+    out = []
+    for ck in cks:
+        if multiclass_metrics(ck):
+            out += [f"#### {ck.id}: test confusion matrix (rows: true class, columns: predicted)", "",
+                    markdown(confusion_frame(ck)), "", markdown(per_class_rows(ck)), ""]
+    return ["### Confusion matrices", "", *out] if out else []
+
+
+# ---- learning curves --------------------------------------------------------------------------------------------
+
+CURVE_COLUMNS = ["model", "train_images", "test_auc", "test_auc_lo", "test_auc_hi", "val_auc", "epochs"]
+
+
+def learning_curve(curves_root: Path, dataset: str) -> tuple[list[dict], list[str]]:
+    """A dataset's learning-curve rows (:func:`curves.curve_rows`) and the commands that trained its points."""
+    points = curves.points(curves_root, dataset)
+    return curves.curve_rows(points), sorted({p.card.rebuild for p in points})
+
+
+def curve_section(curves_root: Path, dataset: str) -> list[str]:
+    """BENCHMARKS.md's learning-curve table of a dataset (test AUC with its 95 % CI against training images)."""
+    rows, commands = learning_curve(curves_root, dataset)
+    if not rows:
+        return []
+    return ["### Learning curve (test AUC against training images)", "",
+            "Nested, patient-grouped subsets of the training split, the same validation and test images for every "
+            "point. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "",
+            markdown(rows, CURVE_COLUMNS), ""]
 
 
 def markdown(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -194,8 +264,9 @@ def published_section(dataset: str) -> list[str]:
     return out
 
 
-def write_report(root: Path, path: Path) -> None:
-    """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits and the published numbers beside."""
+def write_report(root: Path, path: Path, curves_root: Path | None = None) -> None:
+    """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), the
+    learning curve (points under ``curves_root``) and the published numbers beside."""
     groups: dict[str, list[checkpoints.Checkpoint]] = {}
     for c in checkpoints.find(root):
         groups.setdefault(c.dataset, []).append(c)
@@ -214,13 +285,14 @@ def write_report(root: Path, path: Path) -> None:
                 f"{' (split by patient)' if name.startswith('nih14') else ''}. Source file MD5 `{d.source_md5}`, "
                 f"split checksum `{(d.split_checksum or 'n/a')[:16]}`. Hardware: {first.hardware or 'n/a'}. Epochs were chosen on "
                 "validation AUC; the test split was touched once per run.", "",
-                "### Table 1", "", markdown(table1(cks), TABLE1_COLUMNS), ""]
+                "### Table 1", "", markdown(table1(cks), table1_columns(first.task)), ""]
         comparison = baseline_comparison(cks)
         if comparison:
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap on the test split)", "",
                     markdown(comparison), ""]
         if first.task.startswith("multi-label"):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
+        out += multiclass_section(cks)
         out += ["### Data and its limits", "", *limits_text(first), "",
                 markdown(_prevalence_by_label(prevalence_rows(first))), ""]
         out += ["### Reproduce", "", "Commands (the cards' `rebuild_command`) and training minutes on this machine:",
@@ -231,5 +303,6 @@ def write_report(root: Path, path: Path) -> None:
                 c.id if c.id == "ensemble" else f"{c.id} {c.card.train_seconds / 60:.1f} min")
         out += [f"- `{cmd}`: {', '.join(runs)}" for cmd, runs in by_command.items()]
         out.append("")
+        out += curve_section(curves_root, name) if curves_root else []
         out += published_section(name)
     path.write_text("\n".join(out) + "\n")

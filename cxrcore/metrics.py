@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_curve, precision_recall_curve
 
+from .task import kind_of
+
 TASK_MULTILABEL = "multi-label, binary-class"
 TASK_BINARY = "binary-class"
 TASK_MULTICLASS = "multi-class"
@@ -224,6 +226,60 @@ def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, n_bins: 
     return float(reliability(y_true, y_score, n_bins)["ece"])
 
 
+# ---- multi-class (one class per image, predicted by argmax) ---------------------------------------------------------
+
+def class_indices(y_true: np.ndarray) -> np.ndarray:
+    """Class indices (N,) from (N,) or MedMNIST's (N, 1) labels."""
+    return np.asarray(y_true).reshape(len(y_true), -1)[:, 0].astype(int)
+
+
+def class_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K, K) counts, rows the true class and columns the predicted one (scikit-learn's confusion_matrix)."""
+    out = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(out, (class_indices(y_true), class_indices(y_pred)), 1)
+    return out
+
+
+def precision_recall_f1(cm: np.ndarray, average: str = "macro") -> tuple[float, float, float]:
+    """Precision, recall and F1 from a confusion matrix, macro (mean over classes; a class never predicted or never
+    present counts 0, as scikit-learn's zero_division=0) or micro (pooled counts, = accuracy for one class per image)."""
+    tp, pred, true = np.diag(cm).astype(float), cm.sum(0).astype(float), cm.sum(1).astype(float)
+    if average == "micro":
+        tp, pred, true = tp.sum(keepdims=True), pred.sum(keepdims=True), true.sum(keepdims=True)
+    elif average != "macro":
+        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(pred > 0, tp / pred, 0.0)
+        r = np.where(true > 0, tp / true, 0.0)
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return float(p.mean()), float(r.mean()), float(f.mean())
+
+
+def auc_ovr(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """One-vs-rest ROC AUC, the unweighted mean over classes (scikit-learn's multi_class="ovr", average="macro";
+    MedMNIST's getAUC for multi-class); classes absent from ``y_true`` are skipped."""
+    y_score = _as2d(y_score)
+    return float(np.nanmean(auc_per_label(np.eye(y_score.shape[1])[class_indices(y_true)], y_score)))
+
+
+def multiclass_summary(y_true: np.ndarray, y_score: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro and micro precision / recall / F1, one-vs-rest AUC, the confusion matrix and per-class
+    sensitivity, specificity, precision and support, with the class of highest probability as the prediction."""
+    y_score = _as2d(y_score)
+    cm = class_confusion(y_true, y_score.argmax(1), y_score.shape[1])
+    n = cm.sum()
+    per_class = {}
+    for k, name in enumerate(class_names):
+        tp, fn, fp = cm[k, k], cm[k].sum() - cm[k, k], cm[:, k].sum() - cm[k, k]
+        tn = n - tp - fn - fp
+        per_class[name] = {"sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp),
+                           "precision": _ratio(tp, tp + fp), "support": int(tp + fn)}
+    (p_ma, r_ma, f_ma), (p_mi, r_mi, f_mi) = precision_recall_f1(cm, "macro"), precision_recall_f1(cm, "micro")
+    return {"accuracy": _ratio(np.trace(cm), n), "precision_macro": p_ma, "recall_macro": r_ma, "f1_macro": f_ma,
+            "precision_micro": p_mi, "recall_micro": r_mi, "f1_micro": f_mi, "auc_ovr": auc_ovr(y_true, y_score),
+            "confusion": cm.tolist(), "per_class": per_class}
+
+
 def summarize(
     y_true: np.ndarray,
     y_score: np.ndarray,
@@ -260,6 +316,7 @@ def summarize(
         "hamming_loss": hamming_loss(y_cols, y_score, th),
         "ece": expected_calibration_error(y_cols, y_score),
         "per_label": per_label,
+        **(multiclass_summary(y_true, y_score, list(label_names)) if kind_of(task) == "multi-class" else {}),
     }
 
 

@@ -1,8 +1,8 @@
 """Published reference numbers (not reproduced here): they are shown beside ours, always marked as published.
 
 Every table is transcribed from ``../shared/reference/PUBLISHED.md`` (the MedMNIST v2 and CheXNet tables from their
-papers) and keyed by a table id; a dataset names the ids that concern its task (``DatasetEntry.published`` in the
-dataset registry), and :func:`tables` is the one list the Benchmarks page and BENCHMARKS.md both show. Values are
+papers) and keyed by a table id (``report:part`` where one report has several); a dataset names the ids, or whole
+reports, that concern its task (``DatasetEntry.published`` in :mod:`cxrcore.datasets`), and :func:`tables` is the one list the Benchmarks page and BENCHMARKS.md both show. Values are
 as published: fractions where the source gives fractions, percentages where it gives percentages (the title says
 which); None where the source gives no figure.
 """
@@ -29,7 +29,7 @@ def _rows(columns: tuple[str, ...], values: list[tuple]) -> list[dict]:
 _WORKSHOP_COLUMNS = ("model", "params", "train loss", "val loss", "train acc", "val acc", "train sens", "val sens",
                      "val AUC", "train seconds (10 epochs)")
 WORKSHOP_TABLE1 = PublishedTable(
-    "workshop-table1",
+    "workshop_table1",
     "ChestMNIST workshop paper, Table 1 (train / validation)",
     'A. Shapiro, "Medical Image Classification with Deep Neural Networks", Foundation Models for Science Workshop, '
     "NeurIPS 2024, Table 1",
@@ -52,7 +52,7 @@ WORKSHOP_TABLE1 = PublishedTable(
 
 _THREE_CLASS_COLUMNS = ("model", "test acc", "train acc", "val acc", "stopped at epoch", "remark")
 THREE_CLASS = PublishedTable(
-    "three-class",
+    "three_class_report",
     "Three-class pneumonia report (normal / bacterial / viral): accuracy",
     'Course project report (BME, "Deep-learning BMEVITMMA19")',
     _rows(_THREE_CLASS_COLUMNS, [
@@ -73,7 +73,7 @@ THREE_CLASS = PublishedTable(
 )
 
 TRANSFER_CLASSIFICATION = PublishedTable(
-    "transfer-classification",
+    "transfer_report:classification",
     "Transfer-learning report on NIH ChestX-ray14: ResNet-50 from scratch",
     "Transfer-learning report on NIH ChestX-ray14 (MIT course project)",
     _rows(("model", "output", "test acc", "test loss"), [
@@ -86,7 +86,7 @@ TRANSFER_CLASSIFICATION = PublishedTable(
 )
 
 TRANSFER_LOCALISATION = PublishedTable(
-    "transfer-localisation",
+    "transfer_report:localisation",
     "Transfer-learning report on NIH ChestX-ray14: disease-area localisation",
     "Transfer-learning report on NIH ChestX-ray14 (MIT course project)",
     _rows(("method", "boxes", "precision", "recall", "F1", "remark"), [
@@ -101,7 +101,7 @@ TRANSFER_LOCALISATION = PublishedTable(
 )
 
 BLOOD_CELLS = PublishedTable(
-    "blood-cells",
+    "blood_cell_report",
     "Skoltech course project: blood cells (4 classes), test",
     "Skoltech course project (ResNets, DenseNets, EfficientNet, ViT)",
     _rows(("model", "accuracy", "precision macro", "recall macro", "F1 macro", "params (thousands)"), [
@@ -119,7 +119,7 @@ BLOOD_CELLS = PublishedTable(
 )
 
 NIH_RANDOM_SAMPLE = PublishedTable(
-    "nih-random-sample",
+    "nih_random_sample",
     "Skoltech course project: NIH random sample (15 labels, multi-label), test",
     "Skoltech course project (ResNets, DenseNets, EfficientNet, ViT)",
     _rows(("model", "exact match", "Hamming loss", "recall", "precision", "F1"), [
@@ -137,7 +137,7 @@ NIH_RANDOM_SAMPLE = PublishedTable(
 
 _RESOLUTIONS = (28, 64, 128, 224)
 MEDMNIST_PLUS_CHEST = PublishedTable(
-    "medmnistplus-chestmnist",
+    "medmnist_plus:chestmnist",
     "MedMNIST+: ChestMNIST test AUC (%) by resolution",
     'Doerrich et al., "Rethinking model prototyping through the MedMNIST+ dataset collection" (2024), '
     "assets/benchmark_results_chestmnist.png",
@@ -169,7 +169,7 @@ MEDMNIST_PLUS_CHEST = PublishedTable(
 )
 
 MEDMNIST_PLUS_PNEUMONIA = PublishedTable(
-    "medmnistplus-pneumoniamnist",
+    "medmnist_plus:pneumoniamnist",
     "MedMNIST+: PneumoniaMNIST test AUC (%) and ACC (%) by resolution",
     'Doerrich et al., "Rethinking model prototyping through the MedMNIST+ dataset collection" (2024), '
     "assets/benchmark_results_pneumoniamnist.png",
@@ -200,7 +200,7 @@ _MEDMNIST_V2 = {
     },
 }
 MEDMNIST_V2 = {
-    flag: PublishedTable(f"medmnist-v2-{flag}", f"MedMNIST v2: {flag}",
+    flag: PublishedTable(f"medmnist_v2:{flag}", f"MedMNIST v2: {flag}",
                          "Yang et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 3",
                          [{"method": k, "AUC": auc, "ACC": acc} for k, (auc, acc) in methods.items()],
                          "Trained on the full official dataset, not on this project's data.")
@@ -222,27 +222,23 @@ TABLES: dict[str, PublishedTable] = {t.id: t for t in (
     WORKSHOP_TABLE1, MEDMNIST_PLUS_CHEST, *MEDMNIST_V2.values(), CHEXNET, TRANSFER_CLASSIFICATION,
     TRANSFER_LOCALISATION, NIH_RANDOM_SAMPLE, MEDMNIST_PLUS_PNEUMONIA, THREE_CLASS, BLOOD_CELLS)}
 
-# Which tables concern which dataset, until the dataset registry's entries name them (``DatasetEntry.published``).
-_CONCERNS: dict[str, tuple[str, ...]] = {
-    "nih14-local": ("workshop-table1", "medmnistplus-chestmnist", "medmnist-v2-chestmnist", "chexnet",
-                    "transfer-classification", "transfer-localisation", "nih-random-sample"),
-    "chestmnist": ("workshop-table1", "medmnistplus-chestmnist", "medmnist-v2-chestmnist", "chexnet"),
-    "pneumoniamnist-local": ("medmnistplus-pneumoniamnist", "medmnist-v2-pneumoniamnist"),
-    "pneumoniamnist": ("medmnistplus-pneumoniamnist", "medmnist-v2-pneumoniamnist"),
-    "kermany-pneumonia": ("medmnistplus-pneumoniamnist", "medmnist-v2-pneumoniamnist"),
-    "kermany-pneumonia3": ("three-class",),
-    "blood-cells": ("blood-cells",),
-}
-
 
 def by_ids(ids: tuple[str, ...] | list[str]) -> list[PublishedTable]:
-    """Tables by id, in the order given (an unknown id is an error: a registry entry naming it has a typo)."""
-    unknown = [i for i in ids if i not in TABLES]
-    if unknown:
-        raise KeyError(f"unknown published table(s) {unknown}; known: {', '.join(TABLES)}")
-    return [TABLES[i] for i in ids]
+    """Tables by id, in the order given; a report's name ("transfer_report") stands for all its tables
+    ("transfer_report:classification", ...). An id that names nothing is an error: the entry naming it has a typo."""
+    out = []
+    for key in ids:
+        found = [t for i, t in TABLES.items() if i == key or i.startswith(key + ":")]
+        if not found:
+            raise KeyError(f"unknown published table {key!r}; known: {', '.join(TABLES)}")
+        out += found
+    return out
 
 
 def tables(dataset: str) -> list[PublishedTable]:
-    """The published reference tables that concern a dataset's task ([] for a dataset none concerns)."""
-    return by_ids(_CONCERNS.get(dataset, ()))
+    """The published reference tables that concern a dataset's task, as its registry entry names them ([] for a
+    dataset none concerns or that is not registered)."""
+    from .datasets import find
+
+    entry = find(dataset)
+    return by_ids(entry.published) if entry else []

@@ -6,6 +6,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cxrcore import benchmarks, cards, published
+from cxrcore.curves import curves_root
+from cxrcore.task import kind_of
 from pages import _common as ui
 
 sel = ui.selection()
@@ -17,17 +19,25 @@ if not cks:
     st.stop()
 
 st.subheader("Table 1: this project's models")
-table = pd.DataFrame(benchmarks.table1(cks)).set_index("model")
+multiclass = kind_of(sel.task) == "multi-class"
+table = pd.DataFrame(benchmarks.table1(cks)).reindex(columns=benchmarks.table1_columns(sel.task)).set_index("model")
 num = st.column_config.NumberColumn
 st.dataframe(table, column_config={
     "init": "Init", "params_M": num("Params (M)", format="%.2f"), "train_loss": num("Train loss", format="%.3f"),
     "val_loss": num("Val loss", format="%.3f"), "test_acc": num("Test acc", format="%.3f"),
     "test_sensitivity": num("Test sens", format="%.3f"), "test_specificity": num("Test spec", format="%.3f"),
+    "test_precision_macro": num("Test precision (macro)", format="%.3f"),
+    "test_recall_macro": num("Test recall (macro)", format="%.3f"), "test_f1_macro": num("Test F1 (macro)", format="%.3f"),
     "val_auc": num("Val AUC", format="%.3f"), "test_auc": num("Test AUC", format="%.3f"),
     "test_auc_ci": "Test AUC 95% CI", "epochs": "Epochs", "best_epoch": "Best", "train_minutes": num(
         "Train (min)", format="%.1f"), "weights_shipped": st.column_config.CheckboxColumn("Weights shipped")})
-st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at 0.5; "
-           "sensitivity and specificity at each card's validation-chosen thresholds.")
+if multiclass:
+    st.caption("One class per image, called by the highest probability. AUC: one-vs-rest ROC AUC averaged over classes "
+               "(MedMNIST's getAUC), 95 % bootstrap CI over test images; accuracy, macro precision, recall and F1 of "
+               "the argmax calls.")
+else:
+    st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at "
+               "0.5; sensitivity and specificity at each card's validation-chosen thresholds.")
 
 lo, hi = zip(*(ck.card["metrics"]["test"]["auc_macro_ci"] for ck in cks))
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
@@ -37,8 +47,9 @@ fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chanc
 fig.update_layout(yaxis=dict(title="test AUC", range=[0.4, 1]), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
 
-per_label, curves, prevalence, calibration = st.tabs(
-    ["Per-label metrics", "Training curves", "Label prevalence", "Calibration"])
+per_label, curves, prevalence, calibration, confusion, learning = st.tabs(
+    ["Per-label metrics", "Training curves", "Label prevalence", "Calibration", "Confusion matrices",
+     "Learning curve"])
 with per_label:
     metric = st.radio("Metric", ["auc", "sensitivity", "specificity"], horizontal=True, key="bench_metric",
                       format_func={"auc": "AUC", "sensitivity": "Sensitivity", "specificity": "Specificity"}.get)
@@ -83,17 +94,57 @@ with calibration:
     st.caption("Reliability diagram on the test split, all labels pooled, 10 equal-width bins; the diagonal is "
                "perfect calibration. ECE: expected calibration error.")
 
+with confusion:
+    if not multiclass:
+        st.info("Confusion matrices are shown for multi-class tasks; here each label has its own threshold (see the "
+                "ROC page's operating points).", icon=":material/info:")
+    for start in range(0, len(cks), 2):
+        for col, ck in zip(st.columns(2), cks[start:start + 2]):
+            frame = pd.DataFrame(benchmarks.confusion_frame(ck))
+            if frame.empty:
+                continue
+            matrix = frame.set_index("true")
+            fig = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto",
+                            labels=dict(x="predicted", y="true", color="images"))
+            fig.update_layout(height=140 + 40 * len(matrix), margin=dict(l=10, r=10, t=30, b=10), title=ck.id,
+                              coloraxis_showscale=False)
+            col.plotly_chart(fig, key=f"confusion::{ck.id}")
+            col.dataframe(pd.DataFrame(benchmarks.per_class_rows(ck)).set_index("class"), column_config={
+                k: num(k.capitalize(), format="%.3f") for k in ("sensitivity", "specificity", "precision")})
+    if multiclass:
+        st.caption("Test split, argmax calls. Rows: true class; columns: predicted class. Sensitivity is the class's "
+                   "recall; specificity the share of the other classes' images not called this class.")
+with learning:
+    rows, commands = benchmarks.learning_curve(curves_root(), sel.dataset)
+    if not rows:
+        st.info("No learning curve trained for this task yet: `python train/run_all.py --dataset "
+                f"{sel.dataset} --models resnet18 --train-sizes 100,250,500,all` trains one.", icon=":material/info:")
+    else:
+        curve = pd.DataFrame(rows)
+        fig, palette = go.Figure(), ui.colors(list(curve["model"].unique()))
+        for model_id, part in curve.groupby("model", sort=False):
+            fig.add_trace(go.Scatter(
+                x=part["train_images"], y=part["test_auc"], mode="lines+markers", name=model_id,
+                line=dict(color=palette[model_id]),
+                error_y=dict(type="data", symmetric=False, array=part["test_auc_hi"] - part["test_auc"],
+                             arrayminus=part["test_auc"] - part["test_auc_lo"])))
+        fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance")
+        fig.update_layout(xaxis=dict(title="training images", type="log"), yaxis=dict(title="test AUC"), height=440,
+                          margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="learning_curve")
+        st.dataframe(curve, hide_index=True)
+        st.caption("Nested, patient-grouped subsets of the training split; every point validated and tested on the "
+                   "same images. Bars: 95 % bootstrap CI over test images. Trained with: "
+                   + "; ".join(f"`{c}`" for c in commands))
+
 st.divider()
 st.subheader("Published reference numbers: not reproduced here")
 st.warning("These come from the papers, trained and tested on other (usually full-size) data. They are context, not "
            "a like-for-like comparison with the table above.", icon=":material/menu_book:")
 tables = published.tables(sel.dataset)
-for col, pub in zip(st.columns(max(1, len(tables))), tables):
-    with col:
-        st.markdown(f"**{pub.title}** (published)")
-        frame = pd.DataFrame(pub.rows)
-        st.dataframe(frame, hide_index=True, column_config={
-            c: st.column_config.NumberColumn(format="%.3f") for c in frame.select_dtypes("number")})
-        st.caption(f"Source: {pub.source}. {pub.note}".strip())
+for pub in tables:
+    st.markdown(f"**{pub.title}** (published)")
+    st.dataframe(pd.DataFrame(pub.rows), hide_index=True)  # the values as published, not rounded again
+    st.caption(f"Source: {pub.source}. {pub.note}".strip())
 if not tables:
     st.caption("No published reference numbers for this task yet.")

@@ -318,3 +318,50 @@ def test_summarize_single_label_tasks_uses_one_column_per_class(task):
     assert s["auc_macro"] == pytest.approx(getAUC(y, p, task)) and s["acc"] == pytest.approx(getACC(y, p, task))
     assert [s["per_label"][n]["positives"] for n in names] == np.bincount(y[:, 0].astype(int)).tolist()
     assert s["per_label"][names[-1]]["auc"] == pytest.approx(roc_auc_score(y[:, 0] == p.shape[1] - 1, p[:, -1]))
+
+
+# ---- multi-class ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multiclass_summary_equals_scikit_learn(seed):
+    y, p = multiclass(n=250, classes=4, seed=seed)
+    p[:, 3] *= 0.1  # class 3 is rarely predicted, so macro and micro averages differ
+    p /= p.sum(1, keepdims=True)
+    t, pred = y[:, 0].astype(int), p.argmax(1)
+    s = metrics.multiclass_summary(y, p, ["a", "b", "c", "d"])
+    assert s["accuracy"] == pytest.approx(accuracy_score(t, pred))
+    for avg in ("macro", "micro"):
+        assert s[f"precision_{avg}"] == pytest.approx(precision_score(t, pred, average=avg, zero_division=0))
+        assert s[f"recall_{avg}"] == pytest.approx(recall_score(t, pred, average=avg, zero_division=0))
+        assert s[f"f1_{avg}"] == pytest.approx(f1_score(t, pred, average=avg, zero_division=0))
+    assert s["f1_macro"] != pytest.approx(s["f1_micro"])
+    assert s["auc_ovr"] == pytest.approx(roc_auc_score(t, p, multi_class="ovr", average="macro"))
+    cm = confusion_matrix(t, pred, labels=range(4))
+    assert s["confusion"] == cm.tolist()
+    for k, name in enumerate("abcd"):
+        tn = cm.sum() - cm[k].sum() - cm[:, k].sum() + cm[k, k]
+        assert s["per_class"][name]["sensitivity"] == pytest.approx(recall_score(t == k, pred == k))
+        assert s["per_class"][name]["specificity"] == pytest.approx(tn / (tn + cm[:, k].sum() - cm[k, k]))
+        assert s["per_class"][name]["support"] == int((t == k).sum())
+
+
+def test_multiclass_class_never_predicted_counts_zero_like_scikit_learn():
+    y = np.array([0, 1, 2, 2])
+    p = np.eye(3)[[0, 1, 1, 1]]  # class 2 is never predicted
+    assert metrics.precision_recall_f1(metrics.class_confusion(y, p.argmax(1), 3), "macro") == pytest.approx(
+        (precision_score(y, p.argmax(1), average="macro", zero_division=0),
+         recall_score(y, p.argmax(1), average="macro", zero_division=0),
+         f1_score(y, p.argmax(1), average="macro", zero_division=0)))
+    with pytest.raises(ValueError, match="average"):
+        metrics.precision_recall_f1(np.eye(2), "weighted")
+
+
+def test_summarize_adds_multiclass_metrics_only_for_multiclass_tasks():
+    y, p = multiclass(n=120, classes=3, seed=5)
+    s = metrics.summarize(y, p, ["normal", "bacterial", "viral"], task=TASK_MULTICLASS, n_boot=20)
+    assert s["accuracy"] == pytest.approx(s["acc"]) and s["auc_ovr"] == pytest.approx(s["auc_macro"])
+    assert np.asarray(s["confusion"]).sum() == 120 and set(s["per_class"]) == {"normal", "bacterial", "viral"}
+    json.loads(json.dumps(s, allow_nan=False))
+    yb, pb = binary(seed=5)
+    assert "confusion" not in metrics.summarize(yb, pb, ["normal", "pneumonia"], task=TASK_BINARY, n_boot=20)
+

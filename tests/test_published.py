@@ -47,8 +47,8 @@ def row_numbers(row: dict) -> list[float]:
 
 
 # (table id, section, index of the markdown table in it, cells naming the row, first cell holding numbers)
-GRID_TABLES = [("workshop-table1", "1", 0, 2, 2), ("blood-cells", "4", 0, 1, 1),
-               ("medmnistplus-chestmnist", "5", 0, 2, 2), ("medmnistplus-pneumoniamnist", "5", 1, 2, 2)]
+GRID_TABLES = [("workshop_table1", "1", 0, 2, 2), ("blood_cell_report", "4", 0, 1, 1),
+               ("medmnist_plus:chestmnist", "5", 0, 2, 2), ("medmnist_plus:pneumoniamnist", "5", 1, 2, 2)]
 
 
 @pytest.mark.parametrize(("table_id", "section", "index", "names", "first"), GRID_TABLES,
@@ -65,20 +65,20 @@ def test_grid_tables_match_published_md_cell_by_cell(reference, table_id, sectio
 
 
 def test_workshop_table1_spot_values(reference):
-    rows = {r["model"]: r for r in published.TABLES["workshop-table1"].rows}
+    rows = {r["model"]: r for r in published.TABLES["workshop_table1"].rows}
     assert rows["DenseNet-161"]["val AUC"] == 0.80 and rows["ViT_LoRA"]["train seconds (10 epochs)"] == 18197
     assert "| DenseNet-161 | 29M | 0.85 / 0.96 | 0.97 / 0.92 | 0.98 / 0.34 | 0.80 |" in reference["1"]
 
 
 def test_blood_cell_parameters_match_the_report(reference):
     line = " ".join(reference["4"].split("Parameters (thousands):")[1].split())
-    for row in published.TABLES["blood-cells"].rows:
+    for row in published.TABLES["blood_cell_report"].rows:
         name = row["model"].split(" (")[0]
         assert re.search(rf"{re.escape(name)} {row['params (thousands)']:,}\b", line), name
 
 
-@pytest.mark.parametrize(("table_id", "section"), [("three-class", "2"), ("transfer-classification", "3"),
-                                                   ("transfer-localisation", "3"), ("nih-random-sample", "4")])
+@pytest.mark.parametrize(("table_id", "section"), [("three_class_report", "2"), ("transfer_report:classification", "3"),
+                                                   ("transfer_report:localisation", "3"), ("nih_random_sample", "4")])
 def test_prose_tables_only_hold_numbers_the_report_gives(reference, table_id, section):
     """Tables transcribed from prose or one-column tables: every number is in the section's text."""
     given = set(numbers(reference[section]))
@@ -87,8 +87,8 @@ def test_prose_tables_only_hold_numbers_the_report_gives(reference, table_id, se
 
 
 def test_nih_random_sample_keeps_its_caveat():
-    assert "No Finding" in published.TABLES["nih-random-sample"].note
-    assert "independent" in published.TABLES["blood-cells"].note
+    assert "No Finding" in published.TABLES["nih_random_sample"].note
+    assert "independent" in published.TABLES["blood_cell_report"].note
 
 
 def test_every_table_says_where_it_comes_from_and_what_it_was_measured_on():
@@ -97,16 +97,25 @@ def test_every_table_says_where_it_comes_from_and_what_it_was_measured_on():
         assert len({tuple(r) for r in t.rows}) == 1, f"{t.id}: rows with different columns"
 
 
-def test_published_tables_are_per_task():
+def test_published_tables_are_per_task_as_the_registry_names_them():
     nih = [t.id for t in published.tables("nih14-local")]
-    assert {"workshop-table1", "medmnistplus-chestmnist", "chexnet", "transfer-localisation",
-            "nih-random-sample"} <= set(nih)
-    assert [t.id for t in published.tables("kermany-pneumonia3")] == ["three-class"]
-    assert [t.id for t in published.tables("blood-cells")] == ["blood-cells"]
-    assert "medmnistplus-pneumoniamnist" in [t.id for t in published.tables("pneumoniamnist-local")]
+    assert {"workshop_table1", "medmnist_plus:chestmnist", "chexnet", "transfer_report:localisation",
+            "transfer_report:classification", "nih_random_sample"} <= set(nih)
+    assert [t.id for t in published.tables("kermany-pneumonia3")] == ["three_class_report"]
+    assert [t.id for t in published.tables("blood-cells")] == ["blood_cell_report"]
+    assert "medmnist_plus:pneumoniamnist" in [t.id for t in published.tables("pneumoniamnist-local")]
     assert published.tables("unknown") == []
 
 
-def test_an_unknown_table_id_is_an_error():
+def test_every_registered_dataset_names_only_known_tables_and_every_table_concerns_one():
+    from cxrcore.datasets.registry import entries
+
+    named = {t.id for e in entries() for t in published.by_ids(e.published)}  # raises on a typo
+    assert named == set(published.TABLES)
+
+
+def test_a_report_stands_for_its_tables_and_an_unknown_id_is_an_error():
+    assert [t.id for t in published.by_ids(["transfer_report"])] == ["transfer_report:classification",
+                                                                       "transfer_report:localisation"]
     with pytest.raises(KeyError, match="unknown published table"):
         published.by_ids(["workshop-table-1"])

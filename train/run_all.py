@@ -5,11 +5,13 @@
     python train/run_all.py --models resnet18 densenet121 --epochs 20
     python train/run_all.py --dataset pneumoniamnist-local --size 28 --models efficientnet_lite0
     python train/run_all.py --quick                          # a few-minute smoke run on a real subset
+    python train/run_all.py --models resnet18 --train-sizes 100,250,500,all   # learning curve (curves/)
     torchrun --nproc_per_node 2 train/run_all.py --models resnet18   # DistributedDataParallel (gloo on CPU)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from cxrcore import benchmarks, checkpoints, ood  # noqa: E402
+from cxrcore import benchmarks, checkpoints, curves, ood  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
 from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
@@ -52,6 +54,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", nargs="*",
                    help="members of the mean-probability ensemble (default: the 5 best by val AUC; none if empty)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few models, 1 epoch, a small real subset")
+    p.add_argument("--train-sizes", type=curves.parse_sizes, metavar="N,N,...,all",
+                   help="learning curve: train on nested, patient-grouped subsets of train of these sizes (same val "
+                        "and test), each into <out>/<dataset>/n<images>/<id> (default out: curves/)")
+    p.add_argument("--subset-seed", type=int, default=curves.DEFAULT_SEED,
+                   help="seed of the patient order the learning-curve subsets are drawn in")
     return p.parse_args(argv)
 
 
@@ -112,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         data = data.subset(QUICK_SUBSET)
     dist = Dist.from_env()
     base_cmd = f"python train/run_all.py --dataset {a.dataset} --size {a.size}"
-    for model_id in ids:
+    runs = [(out, data)]  # (checkpoint root, data) of every run; a learning curve has one per training subset
+    if a.train_sizes:
+        try:
+            runs = [(curves.point_root(a.out or curves.curves_root(), d), d)
+                    for d in curves.subsets(data, a.train_sizes, a.subset_seed)]
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    for (out, data), model_id in itertools.product(runs, ids):
         cfg = recipe(model_id, **overrides(a))
         if not a.force and is_up_to_date(out / model_id, model_id, cfg, data):
             if dist.main:
@@ -138,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{m['test']['auc_macro_ci'][0]:.3f}, {m['test']['auc_macro_ci'][1]:.3f}]")
     if not dist.main:
         return 0
+    if a.train_sizes:
+        if a.out is None and not a.quick:  # the project's own curves: BENCHMARKS.md shows them
+            benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())
+        print(f"learning-curve points written under {runs[0][0].parent}")
+        return 0
     found = {c.id: c for c in checkpoints.find(out) if c.path.parent == out and c.id != "ensemble"}
     fit_ood_detectors([c for c in found.values() if c.has_weights], data)
     members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}")
     benchmarks.write_tables(out)
     if not a.quick:
-        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md")
+        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())
     print(f"tables written to {out}")
     return 0
 

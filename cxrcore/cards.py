@@ -2,6 +2,7 @@
 page, and the one-line description of the training data every page header and PDF report repeats."""
 from __future__ import annotations
 
+from .card import Card
 from .checkpoints import Checkpoint
 from .report import ENSEMBLE
 
@@ -13,12 +14,11 @@ DATA_SOURCES = {
 }
 
 
-def training_data(card: dict) -> str:
+def training_data(card: Card) -> str:
     """One line: which images, at what size, how many per split."""
-    d = card["dataset"]
-    counts = d.get("counts", {})
-    split = " / ".join(f"{counts[s]:,} {s}" for s in ("train", "val", "test") if s in counts)
-    return f"{TASKS.get(d['name'], d['name'])}, {d.get('size', '?')} px, {split} images"
+    d = card.dataset
+    split = " / ".join(f"{d.counts[s]:,} {s}" for s in ("train", "val", "test") if s in d.counts)
+    return f"{TASKS.get(d.name, d.name)}, {d.size} px, {split or 'unknown numbers of'} images"
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -33,57 +33,57 @@ def _fmt(value: object, digits: int = 3) -> str:
 def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
     """A card as titled (field, value) lists a clinician can read, in the order they are asked about."""
     c = ck.card
-    test, val = c["metrics"]["test"], c["metrics"]["val"]
-    lo, hi = test.get("auc_macro_ci", (None, None))
-    init = c["init"]
+    test, val = c.metrics.test, c.metrics.val
+    lo, hi = test.auc_macro_ci or (None, None)
+    init = c.init
+    norm = "n/a" if c.normalisation is None else f"mean {c.normalisation[0]:g}, std {c.normalisation[1]:g}"
     sections = {
-        "Model": [("Architecture", c.get("arch", "")), ("Family", c.get("family", "")),
-                  ("Reference", c.get("reference", "")),
-                  ("Parameters", f"{c.get('params_total', 0):,} ({c.get('params_trainable', 0):,} trainable)"),
-                  ("Input", f"{c.get('input_size') or 'n/a'} px, normalisation {c.get('normalisation')}"),
+        "Model": [("Architecture", c.arch), ("Family", c.family), ("Reference", c.reference or ""),
+                  ("Parameters", f"{c.params_total:,} ({c.params_trainable:,} trainable)"),
+                  ("Input", f"{c.input_size or 'n/a'} px, normalisation {norm}"),
                   ("Weights shipped", "yes" if ck.has_weights else "no")],
-        "Training data": [("Data", training_data(c)), ("Source", DATA_SOURCES.get(c["dataset"]["name"], "")),
-                          ("Task", c.get("task", "")), ("Labels", ", ".join(c.get("label_names", [])))],
-        "Initialisation": [("Kind", init.get("kind", "")), ("Source", init.get("source", "")),
-                           ("Weights SHA-256", _fmt(init.get("sha256")))],
-        "Results": [("Test AUC (95% CI)", f"{_fmt(test['auc_macro'])} ({_fmt(lo)}-{_fmt(hi)})"),
-                    ("Validation AUC", _fmt(val["auc_macro"])), ("Test accuracy (0.5)", _fmt(test["acc"])),
+        "Training data": [("Data", training_data(c)), ("Source", DATA_SOURCES.get(c.dataset.name, "")),
+                          ("Task", c.task), ("Labels", ", ".join(c.label_names))],
+        "Initialisation": [("Kind", init.kind), ("Source", init.source), ("Weights SHA-256", _fmt(init.sha256))],
+        "Results": [("Test AUC (95% CI)", f"{_fmt(test.auc_macro)} ({_fmt(lo)}-{_fmt(hi)})"),
+                    ("Validation AUC", _fmt(val.auc_macro)), ("Test accuracy (0.5)", _fmt(test.acc)),
                     ("Test sensitivity / specificity (card thresholds)",
-                     f"{_fmt(test['sensitivity_macro'])} / {_fmt(test['specificity_macro'])}"),
-                    ("Test calibration error (ECE)", _fmt(test.get("ece")))],
-        "Training": [("Epochs (best)", f"{c.get('epochs_run', 'n/a')} ({c.get('best_epoch', 'n/a')})"),
-                     ("Train time", f"{c.get('train_seconds', 0) / 60:.1f} min on {c.get('hardware', 'n/a')}"),
-                     ("Train / val loss", f"{_fmt(c['metrics'].get('train_loss'))} / "
-                                          f"{_fmt(c['metrics'].get('val_loss'))}")],
-        "Provenance": [("Weights SHA-256", _fmt(c.get("weights_sha256"))), ("Git commit", _fmt(c.get("git_commit"))),
-                       ("Created", _fmt(c.get("created"))), ("Rebuild", _fmt(c.get("rebuild_command")))],
+                     f"{_fmt(test.sensitivity_macro)} / {_fmt(test.specificity_macro)}"),
+                    ("Test calibration error (ECE)", _fmt(test.ece))],
+        "Training": [("Epochs (best)", f"{_fmt(c.epochs_run)} ({_fmt(c.best_epoch)})"),
+                     ("Train time", f"{c.train_seconds / 60:.1f} min on {_fmt(c.hardware)}"),
+                     ("Train / val loss", f"{_fmt(c.metrics.train_loss)} / {_fmt(c.metrics.val_loss)}")],
+        "Provenance": [("Weights SHA-256", _fmt(c.weights_sha256)), ("Git commit", _fmt(c.git_commit)),
+                       ("Created", _fmt(c.created)), ("Rebuild", c.rebuild), ("Card schema", str(c.schema_version))],
     }
-    if c.get("members"):
-        sections["Model"].insert(0, ("Members", ", ".join(c["members"])))
-    if init.get("lora_base"):
-        base = init["lora_base"]
-        sections["Initialisation"].insert(1, ("LoRA base", f"{base['id']} ({base.get('path') or base['source']}); "
+    if c.members:
+        sections["Model"].insert(0, ("Members", ", ".join(c.members)))
+    if init.lora_base:
+        base = init.lora_base
+        sections["Initialisation"].insert(1, ("LoRA base", f"{base['id']} ({base.get('path') or base.get('source')}); "
                                                            "frozen, only the adapters and the head were trained"))
     return sections
 
 
-def hparam_rows(card: dict) -> list[tuple[str, str]]:
+def hparam_rows(card: Card) -> list[tuple[str, str]]:
     """Hyperparameters as (name, value), numbers in their shortest form."""
-    return [(k, f"{v:g}" if isinstance(v, float) else _fmt(v)) for k, v in card.get("hparams", {}).items()]
+    return [(k, f"{v:g}" if isinstance(v, float) else _fmt(v)) for k, v in card.hparams.items()]
 
 
 def card_limits(ck: Checkpoint) -> list[str]:
     """What a reader must keep in mind, derived from the card itself."""
-    c, d = ck.card, ck.card["dataset"]
-    out = [f"Trained on {d['counts']['train']:,} images at {d['size']} px, far below diagnostic resolution; "
+    c, d = ck.card, ck.card.dataset
+    n_train, n_test = (f"{d.counts[s]:,}" if s in d.counts else "an unknown number of" for s in ("train", "test"))
+    out = [f"Trained on {n_train} images at {d.size} px, far below diagnostic resolution; "
            "small findings (nodules, thin pneumothorax) may be invisible to it.",
-           f"Evaluated on {d['counts']['test']:,} held-out images of the same source only; "
+           f"Evaluated on {n_test} held-out images of the same source only; "
            "no external or prospective validation.",
            "Thresholds were chosen on the validation split; they are not calibrated to any clinical population."]
-    if d["name"].startswith("nih14"):
+    if d.name.startswith("nih14"):
         out.append("NIH labels were text-mined from reports and are known to be noisy.")
-    if d["name"].startswith("pneumoniamnist"):
+    if d.name.startswith("pneumoniamnist"):
         out.append("Children aged 1-5 only; not applicable to adult films.")
-    if not ck.has_weights and c["id"] != ENSEMBLE:
+    out += [f"Checkpoint note: {n}." for n in ck.notes]
+    if not ck.has_weights and c.id != ENSEMBLE:
         out.append("Weights are not shipped: the card and stored predictions are shown, but it cannot read uploads.")
     return out

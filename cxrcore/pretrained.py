@@ -9,13 +9,13 @@ import hashlib
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from .card import Init
 from .zoo import ModelSpec, get_spec
 
 LORA_CONFIG = dict(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["qkv"], modules_to_save=["head"])
@@ -23,17 +23,6 @@ LORA_CONFIG = dict(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["qkv"],
 
 class WeightsNotFound(FileNotFoundError):
     """No pretrained weights could be had; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Init:
-    kind: str  # imagenet | random | checkpoint
-    source: str  # where the weights came from, in words
-    sha256: str | None = None
-    lora_base: dict | None = None  # for LoRA: the base's Init and checkpoint id
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def weights_dir() -> Path | None:
@@ -200,11 +189,10 @@ def load_lora_base(spec: ModelSpec, model: nn.Module, path: Path, in_chans: int)
     from .checkpoints import read_card, read_weights
 
     card = read_card(path)
-    if card["id"] != spec.lora_base.id:
-        raise ValueError(f"{spec.id} sits on a {spec.lora_base.id} base, but {path} holds {card['id']}")
-    load_backbone(model, read_weights(path, card), in_chans, f"{card['id']} weights in {path}")
-    return Init("checkpoint", f"project checkpoint {card['id']} trained on {card['dataset']['name']}",
-                card["weights_sha256"])
+    if card.id != spec.lora_base.id:
+        raise ValueError(f"{spec.id} sits on a {spec.lora_base.id} base, but {path} holds {card.id}")
+    load_backbone(model, read_weights(path, card), in_chans, f"{card.id} weights in {path}")
+    return Init("checkpoint", f"project checkpoint {card.id} trained on {card.dataset.name}", card.weights_sha256)
 
 
 def wrap_lora(model: nn.Module) -> nn.Module:
@@ -259,7 +247,7 @@ def initialise(
     from .checkpoints import load_state_into
 
     card = load_state_into(model, Path(init))
-    return model, Init("checkpoint", f"project checkpoint {card['id']} ({init})", card["weights_sha256"])
+    return model, Init("checkpoint", f"project checkpoint {card.id} ({init})", card.weights_sha256)
 
 
 def build(id: str, num_classes: int, in_chans: int, data_size: int, init: str = "auto",

@@ -35,9 +35,13 @@ def data_dir() -> Path:
     return path
 
 
+TINY_N = 4  # images per split of a tiny checkpoint's stored predictions
+
+
 def _tiny_card(model_id: str, size: int = 64, labels: list[str] | None = None, channels: int = 1,
               task: str = "multi-label, binary-class") -> dict:
-    """The card fields that loading a checkpoint reads (what ``runs.train_one`` writes, minus the metrics)."""
+    """The card fields that loading a checkpoint reads (what ``runs.train_one`` writes, with the smallest metrics
+    block a card may have: those of :func:`_tiny_predictions`, which separate every label perfectly)."""
     from cxrcore.zoo import get_spec
 
     spec = get_spec(model_id)
@@ -47,8 +51,22 @@ def _tiny_card(model_id: str, size: int = 64, labels: list[str] | None = None, c
         "label_names": list(labels or NIH14), "task": task, "input_size": spec.model_input_size(size),
         "normalisation": list(spec.norm),
         "init": {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
-        "metrics": {}, "rebuild_command": f"python train/run_all.py --models {model_id}",
+        "metrics": {s: {"n": TINY_N, "auc_macro": 1.0, "acc": 1.0} for s in ("val", "test")},
+        "rebuild_command": f"python train/run_all.py --models {model_id}",
     }
+
+
+def _tiny_predictions(card: dict) -> dict:
+    """Stored predictions that agree with a tiny card: labels alternate, probabilities follow them (AUC 1)."""
+    import numpy as np
+
+    y = np.arange(TINY_N)[:, None] % 2
+    k = len(card["label_names"])
+    if card["task"].startswith("multi-label"):
+        labels, probs = np.repeat(y, k, 1), 0.25 + 0.5 * np.repeat(y, k, 1)
+    else:
+        labels, probs = y, np.eye(k)[y[:, 0]] * 0.5 + 0.5 / k
+    return {f"{s}_{kind}": a for s in ("val", "test") for kind, a in (("probs", probs), ("labels", labels))}
 
 
 @pytest.fixture
@@ -58,12 +76,19 @@ def tiny_card():
 
 
 @pytest.fixture
+def tiny_predictions():
+    """``tiny_predictions(card) -> dict``: stored predictions that agree with a tiny card's metrics."""
+    return _tiny_predictions
+
+
+@pytest.fixture
 def make_checkpoint(tmp_path):
     """``make(model_id, root=None, model=None, size=64) -> (folder, model)``: a randomly initialised zoo model saved
     with :func:`cxrcore.checkpoints.save` (fp16 safetensors, card, empty predictions and history)."""
     import torch
 
     from cxrcore import checkpoints
+    from cxrcore.card import Card
     from cxrcore.zoo import create_model
 
     def make(model_id: str, root: Path | None = None, model=None, size: int = 64, card: dict | None = None,
@@ -73,7 +98,7 @@ def make_checkpoint(tmp_path):
         if model is None:
             torch.manual_seed(seed)
             model = create_model(model_id, len(card["label_names"]), card["dataset"]["channels"], size)
-        checkpoints.save(root / model_id, model, card, {}, [])
+        checkpoints.save(root / model_id, model, Card.from_dict(card), _tiny_predictions(card), [])
         return root / model_id, model
 
     return make

@@ -4,6 +4,7 @@ to the Compare page, CAMs and the PDF build, and the shipped checkpoints open th
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ SLIDER = "thr::nih14-local::vanilla_cnn::Atelectasis"
 def fake_root(tmp_path_factory):
     """Small complete checkpoints of both tasks; vanilla_cnn's ood.json flags every image."""
     root = fake_checkpoint_root(tmp_path_factory.mktemp("checkpoints"))
-    write_ood(root / "vanilla_cnn", "vanilla_cnn", 128, threshold=0.0)
+    write_ood(root / "vanilla_cnn", "vanilla_cnn", 128, flags=True)
     return root
 
 
@@ -102,6 +103,28 @@ def test_models_page_shows_every_card_and_how_to_build_missing_weights():
     assert "Limits" in texts(at) and "Hyperparameters" in texts(at)
 
 
+def test_broken_checkpoints_are_listed_with_their_reason_and_every_page_still_works(tmp_path, monkeypatch):
+    """One absurd card, one model without stored predictions, one garbage history: each affects only its model."""
+    root = fake_checkpoint_root(tmp_path / "checkpoints")
+    card = json.loads((root / "resnet18" / "card.json").read_text())
+    (root / "resnet18" / "card.json").write_text(json.dumps({**card, "input_size": 10**9}))
+    (root / "vit_scratch" / "predictions.npz").unlink()
+    (root / "vanilla_cnn" / "history.csv").write_bytes(b"\x00garbage,\n1,2,3")
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(root))
+    at = start()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("pages/models.py").run()
+    assert any("Not usable: resnet18" in e.value for e in at.error)
+    assert any("input_size = 1000000000" in t.value and "--models resnet18" in t.value for t in at.text)
+    assert not any(e.label.startswith("**resnet18**") for e in at.expander) and len(at.expander) == 3
+    at.switch_page("pages/roc.py").run()
+    assert "Left out (no stored predictions, see **Models**): vit_scratch" in texts(at)
+    at.switch_page("pages/benchmarks.py").run()
+    assert "No curve for: vanilla_cnn" in texts(at)
+
+
 def test_benchmarks_page_marks_published_numbers():
     at = start()
     at.switch_page("pages/benchmarks.py").run()
@@ -124,7 +147,7 @@ def test_sample_png_fills_the_comparison(sample):
     np.testing.assert_allclose(table[ENSEMBLE], table[["vanilla_cnn", "vit_scratch"]].mean(axis=1))
     assert metric(at, "Models") == "2"
     assert at.get("plotly_chart") and [b.label for b in at.download_button] == ["Table (CSV)"]
-    assert any("does not look like" in w.value for w in at.warning)  # ood.json flags it (threshold 0)
+    assert any("unlike the training films" in e.value for e in at.error)  # ood.json flags every image
 
 
 def test_predictions_match_the_models_on_the_training_preprocessing(sample, fake_root):

@@ -22,7 +22,7 @@ def nih(root):
 
 def test_binary_split_arrays_are_one_column_per_class(root):
     ck = next(c for c in find(root) if c.dataset == "pneumoniamnist-local")
-    y, p = benchmarks.split_arrays(ck.predictions(), "test", ck.card["task"])
+    y, p = benchmarks.split_arrays(ck.predictions(), "test", ck.card.task)
     assert y.shape == p.shape == (120, 2)
     np.testing.assert_array_equal(y[:, 1], ck.predictions()["test_labels"][:, 0])
     np.testing.assert_array_equal(y.sum(1), 1)

@@ -1,10 +1,13 @@
 """Readable model cards: the sections, limits and training-data line the Models page and every header show."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from helpers import fake_checkpoint_root
 
 from cxrcore import cards
+from cxrcore.card import Init
 from cxrcore.checkpoints import find
 from cxrcore.report import ENSEMBLE
 
@@ -30,8 +33,7 @@ def test_a_lora_card_names_its_frozen_base(nih):
     ck = next(c for c in nih if c.id == "vit_scratch")
     base = {"id": "vit_scratch", "path": "pneumoniamnist-local/vit_scratch", "kind": "checkpoint",
             "source": "project checkpoint vit_scratch trained on pneumoniamnist-local", "sha256": "ab" * 32}
-    lora = type(ck)(ck.path, {**ck.card, "init": {"kind": "lora", "source": "LoRA on x", "sha256": "ab" * 32,
-                                                  "lora_base": base}})
+    lora = replace(ck, card=replace(ck.card, init=Init("lora", "LoRA on x", "ab" * 32, base)))
     init = dict(cards.card_sections(lora)["Initialisation"])
     assert init["LoRA base"].startswith("vit_scratch (pneumoniamnist-local/vit_scratch); frozen")
     assert "LoRA base" not in dict(cards.card_sections(ck)["Initialisation"])

@@ -59,7 +59,7 @@ def test_every_method_on_a_cnn(loaded, image, method):
 def test_gradcam_on_every_family(loaded, image, model_id):
     m = loaded(model_id)
     cam = cam_map(m, image, label=0)
-    check_map(cam, m.card["input_size"])
+    check_map(cam, m.card.input_size)
     layer = resolve_module(m.model, m.spec.cam_layer)
     assert not layer._forward_hooks and not layer._backward_hooks  # the CAM's hooks are released
     assert not m.model.training

@@ -79,15 +79,15 @@ def quick(tmp_path_factory, data_dir):
 def test_quick_run_writes_a_complete_card(quick, model_id):
     out, res = quick
     card = checkpoints.read_card(out / model_id)
-    assert card["id"] == model_id and card["dataset"]["name"] == "nih14-local" and card["dataset"]["size"] == 64
-    assert card["dataset"]["counts"] == QUICK_COUNTS and card["task"] == "multi-label, binary-class"
-    assert card["init"]["kind"] == "random" and card["hparams"]["epochs"] == 1 and card["epochs_run"] == 1
-    assert card["world_size"] == 1 and card["best_epoch"] == 1 and len(card["label_names"]) == 14
+    assert card.id == model_id and card.dataset.name == "nih14-local" and card.dataset.size == 64
+    assert card.dataset.counts == QUICK_COUNTS and card.task == "multi-label, binary-class"
+    assert card.init.kind == "random" and card.hparams["epochs"] == 1 and card.epochs_run == 1
+    assert card.world_size == 1 and card.best_epoch == 1 and len(card.label_names) == 14
     for split in ("val", "test"):
-        m = card["metrics"][split]
-        assert 0 <= m["auc_macro"] <= 1 and m["n"] == QUICK_COUNTS[split] and len(m["auc_macro_ci"]) == 2
-    assert len(card["thresholds"]["youden_val"]) == 14
-    assert "--quick" in card["rebuild_command"] and card["weights_sha256"]
+        m = card.metrics.split(split)
+        assert 0 <= m.auc_macro <= 1 and m.n == QUICK_COUNTS[split] and len(m.auc_macro_ci) == 2
+    assert len(card.thresholds["youden_val"]) == 14
+    assert "--quick" in card.rebuild_command and card.weights_sha256
     assert f"{model_id}: 1 epochs" in res.stdout
 
 
@@ -116,7 +116,7 @@ def test_quick_run_weights_history_and_predictions_agree(quick):
     history = checkpoints.read_history(ck)
     assert len(history) == 1 and {"epoch", "train_loss", "val_auc"} <= set(history[0])
     card = checkpoints.read_card(ck)
-    assert history[0]["val_auc"] == pytest.approx(card["metrics"]["val"]["auc_macro"], abs=0.02)
+    assert history[0]["val_auc"] == pytest.approx(card.metrics.val.auc_macro, abs=0.02)
     data = load_dataset("nih14-local", 64).subset(QUICK_COUNTS)
     stored = checkpoints.read_predictions(ck)
     np.testing.assert_array_equal(stored["test_labels"], data.labels["test"])
@@ -157,7 +157,7 @@ def test_torchrun_two_processes_train_one_checkpoint(tmp_path, data_dir):
     found = checkpoints.find(tmp_path)
     assert [c.id for c in found] == ["vanilla_cnn"]
     card = found[0].card
-    assert card["world_size"] == 2 and card["epochs_run"] == 1 and checkpoints.read_weights(found[0].path)
+    assert card.world_size == 2 and card.epochs_run == 1 and checkpoints.read_weights(found[0].path)
     assert res.stdout.count("vanilla_cnn: 1 epochs") == 1  # only rank 0 reports and writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.csv", "benchmarks.md", "vanilla_cnn"]
 

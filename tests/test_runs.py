@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from cxrcore import checkpoints, metrics
+from cxrcore.card import Card
 from cxrcore.data import Dataset
 from cxrcore.engine import TrainConfig
 from cxrcore.runs import is_up_to_date, lora_base_unchanged
@@ -56,17 +57,31 @@ def test_other_data_or_missing_weights_make_it_stale(make_checkpoint, tiny_card)
     assert not is_up_to_date(path, "vanilla_cnn", cfg, data)
 
 
+def test_damaged_weights_or_a_crash_between_files_make_it_stale(make_checkpoint, tiny_card):
+    """The up-to-date check verifies the weights' sha256, so a damaged file is retrained rather than skipped."""
+    data, cfg = nih_like(), TrainConfig.for_model(get_spec("vanilla_cnn"))
+    path = checkpoint_for(make_checkpoint, tiny_card, data, cfg)
+    weights = path / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert not is_up_to_date(path, "vanilla_cnn", cfg, data)
+    path = checkpoint_for(make_checkpoint, tiny_card, data, cfg)
+    (path / "predictions.npz").unlink()  # as a save interrupted between files once left it
+    assert not is_up_to_date(path, "vanilla_cnn", cfg, data)
+
+
 def test_a_retrained_lora_base_makes_the_adapter_stale(make_checkpoint, tiny_card, tmp_path):
     root = tmp_path / "checkpoints"
     base_dir, _ = make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local")
-    sha = checkpoints.read_card(base_dir)["weights_sha256"]
+    sha = checkpoints.read_card(base_dir).weights_sha256
     base = {"id": "vit_scratch", "path": "pneumoniamnist-local/vit_scratch", "kind": "checkpoint", "sha256": sha}
-    card = {"init": {"kind": "lora", "lora_base": base}}
+    card = Card.from_dict({**tiny_card("vit_scratch_lora"), "init": {"kind": "lora", "source": "x", "lora_base": base}})
     assert lora_base_unchanged(card, root)
     make_checkpoint("vit_scratch", root=root / "pneumoniamnist-local", seed=1)
     assert not lora_base_unchanged(card, root)
     assert not lora_base_unchanged(card, tmp_path / "elsewhere")  # no base at all
-    assert lora_base_unchanged({"init": {"kind": "random", "lora_base": None}}, root)
+    assert lora_base_unchanged(Card.from_dict(tiny_card("vit_scratch")), root)
 
 
 def test_recipe_uses_the_from_scratch_overrides_only_without_pretrained_weights(monkeypatch):

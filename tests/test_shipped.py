@@ -54,17 +54,17 @@ def test_weights_are_committed_exactly_for_shipped_models(ck):
 def test_card_and_predictions_agree(ck):
     card, p = ck.card, ck.predictions()
     for key in ("id", "dataset", "init", "label_names"):
-        assert key in card
+        assert key in card.to_dict()
     assert set(p) >= {"val_probs", "val_labels", "test_probs", "test_labels"}
     for split in ("val", "test"):
         probs, labels = p[f"{split}_probs"], p[f"{split}_labels"]
-        assert len(probs) == len(labels) == card["dataset"]["counts"][split]
+        assert len(probs) == len(labels) == card.dataset.counts[split]
         assert probs.min() >= 0 and probs.max() <= 1
-        assert metrics.get_auc(labels, probs, card["task"]) == pytest.approx(card["metrics"][split]["auc_macro"])
-    if card["init"]["kind"] == "lora":
-        assert card["init"]["lora_base"]["id"] == get_spec(ck.id).lora_base.id and card["init"]["lora_base"]["sha256"]
-    if card["init"]["kind"] == "random":
-        assert "random" in card["init"]["source"]
+        assert metrics.get_auc(labels, probs, card.task) == pytest.approx(card.metrics.split(split).auc_macro)
+    if card.init.kind == "lora":
+        assert card.init.lora_base["id"] == get_spec(ck.id).lora_base.id and card.init.lora_base["sha256"]
+    if card.init.kind == "random":
+        assert "random" in card.init.source
 
 
 @pytest.mark.parametrize("ck", [c for c in ALL if c.has_weights],
@@ -74,8 +74,8 @@ def test_shipped_model_reproduces_its_stored_predictions(ck, data_dir):
     evaluation moved to fp32 hold bf16 ones, which must stay this close too)."""
     from cxrcore.data import load_dataset
 
-    d = ck.card["dataset"]
-    ds = load_dataset(d["name"], d["size"])
+    d = ck.card.dataset
+    ds = load_dataset(d.name, d.size)
     m = load_model(ck.path)
     probs = m.predict(ds.images["test"][:32])
     assert np.abs(probs - ck.predictions()["test_probs"][:32]).max() < 0.02
@@ -104,7 +104,7 @@ def test_benchmarks_md_matches_recomputed_predictions(dataset):
     assert {c.id for c in cks} == set(rows)
     for c in cks:
         p = c.predictions()
-        auc = metrics.get_auc(p["test_labels"], p["test_probs"], c.card["task"])
+        auc = metrics.get_auc(p["test_labels"], p["test_probs"], c.card.task)
         assert float(rows[c.id]["test_auc"]) == pytest.approx(auc, abs=5e-4), c.id
         lo, hi = (float(x) for x in re.findall(r"\d\.\d+", rows[c.id]["test_auc_ci"]))
         assert lo <= auc <= hi

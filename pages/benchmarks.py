@@ -39,7 +39,7 @@ else:
     st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at "
                "0.5; sensitivity and specificity at each card's validation-chosen thresholds.")
 
-lo, hi = zip(*(ck.card["metrics"]["test"]["auc_macro_ci"] for ck in cks))
+lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_macro,) * 2 for ck in cks))
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
                        error_y=dict(type="data", symmetric=False, array=list(hi) - table["test_auc"],
                                     arrayminus=table["test_auc"] - list(lo))))
@@ -69,6 +69,9 @@ with curves:
         st.plotly_chart(fig, key="history_chart")
     else:
         st.info("No training history stored.")
+    unreadable = [f"{ck.id} ({note})" for ck in cks for note in ck.notes if note.startswith("no training curve")]
+    if unreadable:
+        st.caption("No curve for: " + "; ".join(unreadable))
 with prevalence:
     frame = pd.DataFrame(benchmarks.prevalence_rows(cks[0].card))
     fig = px.bar(frame, x="label", y="share", color="split", barmode="group", hover_data=["positives"],
@@ -81,7 +84,7 @@ with calibration:
     fig = go.Figure()
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dot", color="grey"))
     palette = ui.colors(list(table.index))
-    for ck in (c for c in cks if c.id in chosen):
+    for ck in (c for c in cks if c.id in chosen and c.has_predictions):
         rel = benchmarks.reliability_of(ui.card_predictions(ck.path), sel.task)
         fig.add_trace(go.Scatter(x=rel["confidence"], y=rel["frequency"], mode="lines+markers",
                                  name=f"{ck.id} (ECE {rel['ece']:.3f})", line=dict(color=palette[ck.id]),

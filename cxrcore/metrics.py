@@ -173,6 +173,137 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+# ---- vectorised bootstrap of AUCs: over images or over patients -----------------------------------------------------
+# One sort per label, then every resample at once as a row of draw counts (a weighted Mann-Whitney U), so 1000
+# resamples of a 22,433 x 14 split take seconds instead of a Python loop over 1000 AUC calls.
+
+MIN_POSITIVES = 10  # fewer positives than this: a per-label AUC or threshold is noise
+BOOTSTRAP_CHUNK = 64  # resamples per block of counts: (64, n) float64, 11 MB at n = 22,433
+
+
+def resample_counts(n: int, n_boot: int, seed: int = 0, groups: np.ndarray | None = None,
+                    chunk: int = BOOTSTRAP_CHUNK):
+    """Blocks of (b, n) draw counts, one row per resample. Images are drawn with replacement, exactly the draws of
+    :func:`bootstrap_ci` with the same seed; with ``groups`` (a patient id per image) patients are drawn with
+    replacement and each drawn patient brings all of its images, as often as it is drawn (a cluster bootstrap:
+    images of one patient are not independent evidence)."""
+    rng = np.random.default_rng(seed)
+    inverse = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    units = n if inverse is None else int(inverse.max()) + 1
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, units, (b, units)) + units * np.arange(b)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * units).reshape(b, units).astype(float)
+        yield counts if inverse is None else counts[:, inverse]
+
+
+def _auc_columns(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (labels, scores) columns whose mean AUC is :func:`get_auc`: every label (multi-label), the positive column
+    (binary), one-vs-rest per class (multi-class)."""
+    y_true, y_score = _as2d(y_true), _as2d(y_score)
+    if task == TASK_MULTILABEL:
+        return y_true > 0.5, y_score
+    if task == TASK_BINARY:
+        return y_true[:, :1] > 0.5, y_score[:, -1:]
+    return np.eye(y_score.shape[1], dtype=bool)[y_true[:, 0].astype(int)], y_score
+
+
+def bootstrap_aucs(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL, n_boot: int = 1000,
+                   seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """(n_boot, columns) AUC of every :func:`_auc_columns` column in every resample of :func:`resample_counts`;
+    NaN where a resample holds no positive or no negative of that column. Ties count one half, as in sklearn.
+
+    Per column the scores are sorted once; a resample's AUC is then sum over positives of weight x (negative weight
+    below its score + half the negative weight tied with it), read off one cumulative sum over the negatives."""
+    y, s = _auc_columns(y_true, y_score, task)
+    n = len(y)
+    cols = []
+    for j in range(y.shape[1]):
+        order = np.argsort(s[:, j], kind="stable")
+        ss, pos = s[order, j], y[order, j]
+        first = np.r_[True, ss[1:] != ss[:-1]]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        neg_before = np.r_[0, np.cumsum(~pos)]  # negatives at sorted positions < k
+        lo = neg_before[starts[group]][pos]  # per positive: negatives below its tie group, and up to its end
+        hi = neg_before[np.r_[starts[1:], n][group]][pos]
+        cols.append((order[pos], order[~pos], lo, hi))
+    out = []
+    for w in resample_counts(n, n_boot, seed, groups):
+        w = w.astype(np.float32)  # counts: exact in float32, and half the memory traffic
+        block = np.empty((len(w), y.shape[1]))
+        for j, (pos_idx, neg_idx, lo, hi) in enumerate(cols):
+            c = np.zeros((len(w), len(neg_idx) + 1), np.float32)
+            np.cumsum(w[:, neg_idx], axis=1, out=c[:, 1:])
+            wp = w[:, pos_idx]
+            num = 0.5 * np.einsum("bp,bp->b", wp, c[:, lo] + c[:, hi], dtype=np.float64)
+            n_pos, n_neg = wp.sum(1, dtype=np.float64), c[:, -1].astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                block[:, j] = np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
+        out.append(block)
+    return np.concatenate(out) if out else np.empty((0, y.shape[1]))
+
+
+@dataclass(frozen=True)
+class AucIntervals:
+    """Percentile bootstrap intervals of the macro AUC and of each column's AUC.
+
+    The macro AUC is the mean over the columns that have both classes in the full split, the set
+    :func:`get_auc` averages, and that set never changes: a resample in which one of those columns lacks a positive
+    or a negative is dropped (and counted) rather than averaged over fewer labels. A column's own interval is given
+    only where it has at least ``MIN_POSITIVES`` positives; with fewer it is None (too few to say)."""
+
+    macro: tuple[float, float] | None
+    per_column: list[tuple[float, float] | None]
+    unit: str  # "patient" or "image": what was resampled
+    kept: int  # resamples that had both classes of every column in the macro
+    dropped: int
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "resamples": self.kept, "dropped": self.dropped}
+
+
+def _percentiles(v: np.ndarray, alpha: float) -> tuple[float, float] | None:
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def auc_intervals(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL, n_boot: int = 1000,
+                  alpha: float = 0.05, seed: int = 0, groups: np.ndarray | None = None,
+                  min_positives: int = MIN_POSITIVES) -> AucIntervals:
+    """Bootstrap CIs of the macro AUC and per-column AUCs (see :class:`AucIntervals`), over patients when ``groups``
+    gives each image's patient, over images otherwise."""
+    y, _ = _auc_columns(y_true, y_score, task)
+    aucs = bootstrap_aucs(y_true, y_score, task, n_boot, seed, groups)
+    in_macro = (y.sum(0) > 0) & ((~y).sum(0) > 0)
+    whole = np.isfinite(aucs[:, in_macro]).all(1) if in_macro.any() else np.zeros(len(aucs), bool)
+    macro = _percentiles(aucs[whole][:, in_macro].mean(1), alpha) if whole.any() else None
+    per = [_percentiles(aucs[:, j], alpha) if y[:, j].sum() >= min_positives and in_macro[j] else None
+           for j in range(y.shape[1])]
+    return AucIntervals(macro, per, "image" if groups is None else "patient", int(whole.sum()),
+                        int(len(aucs) - whole.sum()))
+
+
+def paired_auc_diff(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, task: str = TASK_MULTILABEL,
+                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                    groups: np.ndarray | None = None) -> dict[str, float]:
+    """Macro AUC of a minus that of b on the same resamples (of patients when ``groups`` is given), with a paired
+    percentile CI and the share of resamples in which a is not better (a one-sided bootstrap p-value); the macro's
+    label set is fixed as in :class:`AucIntervals`. The vectorised, patient-aware :func:`paired_bootstrap_diff`."""
+    y, _ = _auc_columns(y_true, score_a, task)
+    in_macro = (y.sum(0) > 0) & ((~y).sum(0) > 0)
+    a, b = (bootstrap_aucs(y_true, s, task, n_boot, seed, groups)[:, in_macro] for s in (score_a, score_b))
+    whole = np.isfinite(a).all(1)  # a and b share the resamples, so the same ones are whole
+    d = a[whole].mean(1) - b[whole].mean(1)
+    lo, hi = _percentiles(d, alpha) or (float("nan"), float("nan"))
+    return {"diff": float(get_auc(y_true, score_a, task) - get_auc(y_true, score_b, task)), "ci_low": lo,
+            "ci_high": hi, "p_not_better": float(np.mean(d <= 0)) if len(d) else float("nan"),
+            "resamples": int(whole.sum()), "unit": "image" if groups is None else "patient"}
+
+
 def roc_band(
     y_true: np.ndarray, y_score: np.ndarray, n_boot: int = 200, alpha: float = 0.05, seed: int = 0
 ) -> dict[str, list[float]]:
@@ -287,8 +418,13 @@ def summarize(
     task: str = TASK_MULTILABEL,
     thresholds: list[float] | None = None,
     n_boot: int = 1000,
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """Everything a model card stores for one split: macro metrics with CIs and per-label metrics at thresholds."""
+    """Everything a model card stores for one split: macro metrics with CIs and per-label metrics at thresholds.
+
+    The CIs resample patients when ``groups`` gives each image's patient (images otherwise), under the fixed-label-set
+    rule of :class:`AucIntervals` (``auc_macro_ci_bootstrap`` says what was resampled and how many resamples were
+    kept). A label with fewer than ``MIN_POSITIVES`` positives gets no AUC and no CI, only ``too_few``."""
     y_true, y_score = _as2d(y_true), _as2d(y_score)
     if task != TASK_MULTILABEL:  # binary and multi-class keep a column per class; label stats are one-vs-rest
         y_cols = np.eye(y_score.shape[1])[y_true[:, 0].astype(int)]
@@ -296,19 +432,23 @@ def summarize(
         y_cols = y_true
     th = np.asarray(thresholds if thresholds is not None else [0.5] * y_cols.shape[1], dtype=float)
     auc = get_auc(y_true, y_score, task)
-    ci = bootstrap_ci(lambda a, b: get_auc(a, b, task), y_true, y_score, n_boot=n_boot)
+    ci = auc_intervals(y_true, y_score, task, n_boot, groups=groups)
+    per_ci = ci if task == TASK_MULTILABEL else auc_intervals(y_cols, y_score, TASK_MULTILABEL, n_boot, groups=groups)
     sens, spec = macro_sens_spec(y_cols, y_score, th)
     per_auc = auc_per_label(y_cols, y_score)
     per_label = {}
     for j, name in enumerate(label_names):
         st = binary_stats(y_cols[:, j], y_score[:, j], th[j])
-        st["auc"] = None if np.isnan(per_auc[j]) else float(per_auc[j])
         st["positives"] = int(y_cols[:, j].sum())
+        st["too_few"] = st["positives"] < MIN_POSITIVES
+        st["auc"] = None if st["too_few"] or np.isnan(per_auc[j]) else float(per_auc[j])
+        st["auc_ci"] = list(per_ci.per_column[j]) if per_ci.per_column[j] and not st["too_few"] else None
         per_label[name] = st
     return {
         "n": int(len(y_true)),
         "auc_macro": auc,
-        "auc_macro_ci": list(ci),
+        "auc_macro_ci": list(ci.macro) if ci.macro else None,
+        "auc_macro_ci_bootstrap": ci.to_dict(),
         "acc": get_acc(y_true, y_score, task),
         "sensitivity_macro": sens,
         "specificity_macro": spec,

@@ -240,6 +240,64 @@ def test_bootstrap_ci_is_reproducible_and_skips_undefined_resamples():
     assert all(map(math.isnan, metrics.bootstrap_ci(lambda a, b: float("nan"), y1, y1, n_boot=10)))
 
 
+@pytest.mark.parametrize("task", [TASK_MULTILABEL, TASK_BINARY, TASK_MULTICLASS])
+def test_vectorised_auc_bootstrap_gives_the_loops_interval_for_the_same_seed(task):
+    """Same draws as bootstrap_ci, so on data where no resample loses a label's positives the CI is the same."""
+    y, p = TASKS[task](n=400, seed=21)
+    iv = metrics.auc_intervals(y, p, task, n_boot=150, seed=4)
+    assert iv.kept == 150 and iv.dropped == 0 and iv.unit == "image"
+    loop = metrics.bootstrap_ci(lambda a, b: metrics.get_auc(a, b, task), y, p, n_boot=150, seed=4)
+    assert iv.macro == pytest.approx(loop, abs=1e-12)
+
+
+def test_bootstrap_aucs_equal_sklearn_on_every_resample_ties_included():
+    y, p = multilabel(n=120, labels=5, seed=22)
+    p = np.round(p, 1)  # many ties
+    aucs = metrics.bootstrap_aucs(y, p, n_boot=20, seed=5)
+    rng = np.random.default_rng(5)
+    for b in range(20):
+        idx = rng.integers(0, len(y), len(y))
+        for j in range(5):
+            t = y[idx, j]
+            expected = roc_auc_score(t, p[idx, j]) if 0 < t.sum() < len(t) else np.nan
+            assert aucs[b, j] == pytest.approx(expected, abs=1e-12, nan_ok=True)
+
+
+def test_macro_auc_never_changes_its_labels_between_resamples():
+    """A label with one positive is absent from about a third of image resamples: those resamples are dropped and
+    counted, instead of averaging the other labels only (what the loop did)."""
+    y, p = multilabel(n=200, labels=4, seed=23)
+    y[:, 3] = 0
+    y[7, 3] = 1
+    iv = metrics.auc_intervals(y, p, n_boot=300, seed=6)
+    whole = np.isfinite(metrics.bootstrap_aucs(y, p, n_boot=300, seed=6)).all(1)
+    assert iv.kept == whole.sum() and iv.kept + iv.dropped == 300 and 60 < iv.dropped < 160
+    assert iv.per_column[3] is None and all(c is not None for c in iv.per_column[:3])  # 1 positive: too few
+
+
+def test_patient_bootstrap_resamples_whole_patients():
+    y, p = multilabel(n=150, labels=6, seed=24)
+    one_each = metrics.auc_intervals(y, p, n_boot=100, seed=7, groups=np.arange(150) + 1000)
+    assert one_each.macro == metrics.auc_intervals(y, p, n_boot=100, seed=7).macro and one_each.unit == "patient"
+    # every patient filmed twice, identically: drawing patients is drawing the original images with both copies, so
+    # the patient CI of the doubled split is the image CI of the original; an image CI would claim twice the evidence
+    twice, groups = np.concatenate([y, y]), np.r_[np.arange(150), np.arange(150)]
+    doubled = metrics.auc_intervals(twice, np.concatenate([p, p]), n_boot=100, seed=7, groups=groups)
+    assert doubled.macro == pytest.approx(one_each.macro, abs=1e-12)
+    naive = metrics.auc_intervals(twice, np.concatenate([p, p]), n_boot=100, seed=7)
+    assert naive.macro[1] - naive.macro[0] < 0.85 * (doubled.macro[1] - doubled.macro[0])
+
+
+def test_paired_auc_diff_gives_the_loops_answer_and_takes_patients():
+    y, a = multilabel(n=300, seed=25, signal=1.5)
+    _, b = multilabel(n=300, seed=25, signal=0.5)
+    fast = metrics.paired_auc_diff(y, a, b, n_boot=120, seed=8)
+    loop = metrics.paired_bootstrap_diff(metrics.get_auc, y, a, b, n_boot=120, seed=8)
+    assert fast["resamples"] == 120 and all(fast[k] == pytest.approx(loop[k], abs=1e-12) for k in loop)
+    by_patient = metrics.paired_auc_diff(y, a, b, n_boot=120, seed=8, groups=np.arange(300) // 3)
+    assert by_patient["unit"] == "patient" and by_patient["diff"] == fast["diff"] > 0
+
+
 def test_roc_band_brackets_the_curve():
     y, p = multilabel(n=400, seed=9, signal=2.0)
     band = metrics.roc_band(y[:, 0], p[:, 0], n_boot=100)
@@ -277,10 +335,10 @@ def test_reliability_bins_pool_every_score_and_track_the_diagonal():
 
 # ---- summary for the model card ------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = {"n", "auc_macro", "auc_macro_ci", "acc", "sensitivity_macro", "specificity_macro", "exact_match",
-                "hamming_loss", "ece", "per_label"}
+SUMMARY_KEYS = {"n", "auc_macro", "auc_macro_ci", "auc_macro_ci_bootstrap", "acc", "sensitivity_macro",
+                "specificity_macro", "exact_match", "hamming_loss", "ece", "per_label"}
 PER_LABEL_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy", "tp", "fp", "tn", "fn",
-                  "auc", "positives"}
+                  "auc", "auc_ci", "too_few", "positives"}
 
 
 def test_summarize_multilabel_has_every_key_and_no_nan():
@@ -295,7 +353,8 @@ def test_summarize_multilabel_has_every_key_and_no_nan():
         assert set(st) == PER_LABEL_KEYS
         assert st["threshold"] == pytest.approx(th[NIH14.index(name)])
         assert st["positives"] == int(y[:, NIH14.index(name)].sum())
-    flat = [v for k, v in s.items() if k != "per_label"] + [v for st in s["per_label"].values() for v in st.values()]
+    flat = [v for k, v in s.items() if k not in ("per_label", "auc_macro_ci_bootstrap")] + [
+        v for st in s["per_label"].values() for v in st.values() if v is not None]  # None: too few positives
     assert all(np.isfinite(np.asarray(v, dtype=float)).all() for v in flat)
     json.loads(json.dumps(s, allow_nan=False))  # goes into card.json as strict JSON
 
@@ -306,7 +365,11 @@ def test_summarize_reports_none_auc_for_a_label_without_positives():
     s = metrics.summarize(y, p, NIH14, n_boot=50)
     assert s["per_label"]["Hernia"]["auc"] is None and s["per_label"]["Hernia"]["positives"] == 0
     assert np.isnan(metrics.auc_per_label(y, p)[13])
-    assert all(s["per_label"][n]["auc"] is not None for n in NIH14[:13])
+    for name in NIH14[:13]:  # an AUC only where it rests on at least MIN_POSITIVES positives
+        st = s["per_label"][name]
+        assert (st["auc"] is None) == st["too_few"] == (st["positives"] < metrics.MIN_POSITIVES)
+    assert any(s["per_label"][n]["too_few"] for n in NIH14[:13]) and not all(
+        s["per_label"][n]["too_few"] for n in NIH14[:13])
     assert math.isfinite(s["auc_macro"]) and math.isfinite(s["sensitivity_macro"])
 
 

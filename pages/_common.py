@@ -58,6 +58,12 @@ def task_checkpoints(root: str, dataset: str) -> list[checkpoints.Checkpoint]:
     return [c for c in checkpoints.find(Path(root)) if c.dataset == dataset]
 
 
+@st.cache_resource(show_spinner=False)
+def broken_checkpoints(root: str, dataset: str) -> list[checkpoints.Broken]:
+    """Checkpoint folders of the task (or of no readable task) that cannot be used, with the reason."""
+    return [b for b in checkpoints.scan(Path(root)).broken if b.dataset in (dataset, None)]
+
+
 @st.cache_resource(show_spinner="Loading the test split…")
 def test_split(dataset: str, size: int) -> data.Dataset | None:
     """The task's dataset when it is on this machine (never required), else None."""
@@ -92,6 +98,7 @@ class Selection:
     loadable: list[str]
     problems: dict[str, str]
     cards: list[checkpoints.Checkpoint]
+    broken: list[checkpoints.Broken]
 
     @property
     def ids(self) -> list[str]:
@@ -99,18 +106,24 @@ class Selection:
 
     @property
     def label_names(self) -> list[str]:
-        return self.cards[0].card["label_names"] if self.cards else []
+        return self.cards[0].card.label_names if self.cards else []
 
     @property
     def task(self) -> str:
-        return self.cards[0].card["task"] if self.cards else ""
+        return self.cards[0].card.task if self.cards else ""
 
     @property
     def columns(self) -> list[str]:
-        """The chosen models, then the ensemble when at least two are chosen and all were tested on the same images
-        (its thresholds come from their stored validation predictions)."""
-        splits = {m.card["dataset"].get("split_checksum") for m in self.models.values()}
-        return [*self.ids, *([ENSEMBLE] if len(self.ids) > 1 and len(splits) == 1 else [])]
+        """The chosen models, then the ensemble when at least two are chosen, all were tested on the same images and
+        all have stored predictions (the ensemble's thresholds come from their stored validation predictions)."""
+        splits = {m.card.dataset.split_checksum for m in self.models.values()}
+        stored = all(self.checkpoint(i).has_predictions for i in self.ids)
+        return [*self.ids, *([ENSEMBLE] if len(self.ids) > 1 and len(splits) == 1 and stored else [])]
+
+    @property
+    def stored_columns(self) -> list[str]:
+        """The columns with stored val/test predictions (what the ROC page can draw)."""
+        return [c for c in self.columns if c == ENSEMBLE or self.checkpoint(c).has_predictions]
 
     def checkpoint(self, model_id: str) -> checkpoints.Checkpoint:
         return next(c for c in self.cards if c.id == model_id)
@@ -131,7 +144,7 @@ def selection() -> Selection:
     loaded, problems = load_models(str(root), dataset)
     chosen = st.session_state.get(_models_key(dataset), list(loaded))
     return Selection(dataset, root, {i: loaded[i] for i in chosen if i in loaded}, list(loaded), problems,
-                     task_checkpoints(str(root), dataset))
+                     task_checkpoints(str(root), dataset), broken_checkpoints(str(root), dataset))
 
 
 def sidebar() -> None:
@@ -194,7 +207,7 @@ def image_input(sel: Selection) -> None:
     """Upload, or (when the dataset is on this machine) pick a test-split image."""
     st.file_uploader(f"Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM, up to {upload_mb()} MB",
                      key=UPLOAD, on_change=_on_upload, help="Read in memory only, never written to disk.")
-    ds = test_split(sel.dataset, sel.cards[0].card["dataset"]["size"]) if sel.cards else None
+    ds = test_split(sel.dataset, sel.cards[0].card.dataset.size) if sel.cards else None
     if ds is not None:
         names = compare.test_image_names(ds)
 
@@ -269,8 +282,8 @@ def overrides(dataset: str) -> dict[str, dict[str, float]]:
 
 @st.cache_resource(show_spinner=False)
 def card_predictions(path: Path) -> dict[str, np.ndarray]:
-    """A checkpoint's stored val/test predictions (read once per process)."""
-    return checkpoints.read_predictions(path)
+    """A checkpoint's stored val/test predictions, checked against its card (read once per process)."""
+    return checkpoints.stored_predictions(path, checkpoints.read_card(path))
 
 
 @st.cache_resource(show_spinner=False)

@@ -22,7 +22,12 @@ fit_on = c2.radio("Presets chosen on", ["val", "test"], horizontal=True, key="ro
                   format_func={"val": "validation split (honest)", "test": "test split (optimistic)"}.get,
                   help="The statistics below are always measured on the test split.")
 j = names.index(label)
-columns = sel.columns
+columns = sel.stored_columns
+if len(columns) < len(sel.columns):
+    st.info("Left out (no stored predictions, see **Models**): " + ", ".join(c for c in sel.columns if c not in columns),
+            icon=":material/info:")
+if not columns:
+    st.stop()
 palette = ui.colors(columns)
 changed = ui.overrides(sel.dataset)
 defaults = {c: float(ui.default_thresholds(sel, c)[j]) for c in columns}

@@ -59,6 +59,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "and test), each into <out>/<dataset>/n<images>/<id> (default out: curves/)")
     p.add_argument("--subset-seed", type=int, default=curves.DEFAULT_SEED,
                    help="seed of the patient order the learning-curve subsets are drawn in")
+    p.add_argument("--pin", action="store_true",
+                   help="record the weights now in checkpoints/ (or --out) as trusted in its MANIFEST.json and exit")
     return p.parse_args(argv)
 
 
@@ -75,7 +77,7 @@ def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoin
     """The default ensemble: the ENSEMBLE_SIZE shipped models with the best validation AUC (chosen on val, never
     test), so a fresh clone can rebuild every member."""
     pool = [c for c in found.values() if c.has_weights and get_spec(c.id).ship]
-    return sorted(pool, key=lambda c: -c.card["metrics"]["val"]["auc_macro"])[:ENSEMBLE_SIZE]
+    return sorted(pool, key=lambda c: -c.card.metrics.val.auc_macro)[:ENSEMBLE_SIZE]
 
 
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     if a.list:
         print("\n".join(list_models()))
+        return 0
+    if a.pin:
+        print(f"pinned: {checkpoints.pin(a.out or REPO_ROOT / 'checkpoints')}")
         return 0
     if a.quick:
         a.models = a.models or QUICK_MODELS
@@ -143,14 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")
 
-        card = train_one(model_id, data, cfg, out, cmd, progress, dist,
-                         n_boot=200 if a.quick else 1000)
-        bar.close()
-        if dist.main:
-            m = card["metrics"]
-            print(f"{model_id}: {card['epochs_run']} epochs, {card['seconds_per_epoch']:.1f} s/epoch, best epoch "
-                  f"{card['best_epoch']}, val AUC {m['val']['auc_macro']:.3f}, test AUC {m['test']['auc_macro']:.3f} "
-                  f"[{m['test']['auc_macro_ci'][0]:.3f}, {m['test']['auc_macro_ci'][1]:.3f}]")
+        try:
+            card = train_one(model_id, data, cfg, out, cmd, progress, dist, n_boot=200 if a.quick else 1000)
+        except checkpoints.CheckpointError as exc:  # a full disk or unwritable folder: say so, keep what was there
+            print(f"error: {model_id}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            bar.close()
+        if card is not None:
+            m = card.metrics
+            ci = m.test.auc_macro_ci or (float("nan"),) * 2
+            print(f"{model_id}: {card.epochs_run} epochs, {card.seconds_per_epoch:.1f} s/epoch, best epoch "
+                  f"{card.best_epoch}, val AUC {m.val.auc_macro:.3f}, test AUC {m.test.auc_macro:.3f} "
+                  f"[{ci[0]:.3f}, {ci[1]:.3f}]")
     if not dist.main:
         return 0
     if a.train_sizes:

@@ -1,7 +1,7 @@
-"""Datasets in MedMNIST's npz layout, preloaded as uint8 tensors, plus batch-wise augmentation.
+"""The in-memory dataset every loop trains on, batch-wise augmentation, the shared preprocess and NIH boxes.
 
-One loader reads the official MedMNIST files (through the ``medmnist`` package, MD5-checked, downloaded when online)
-and the local MedMNIST-layout files in ``../shared/data`` (``nih14-local``, ``pneumoniamnist-local``).
+Datasets come from :mod:`cxrcore.datasets` (the registry, one loader per on-disk layout, the decode-once cache);
+:func:`load_dataset` is its entry point under the old name.
 """
 from __future__ import annotations
 
@@ -15,14 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .task import Task
+
 SPLITS = ("train", "val", "test")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Local MedMNIST-layout files: dataset name -> (file pattern, MedMNIST flag whose task/labels they share)
-LOCAL_DATASETS = {
-    "nih14-local": ("nih14_local_{size}.npz", "chestmnist"),
-    "pneumoniamnist-local": ("pneumoniamnist_{size}.npz", "pneumoniamnist"),
-}
 DEFAULT_DATASET = "nih14-local"
 
 
@@ -50,7 +46,9 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class Dataset:
-    """All three splits of one dataset in memory: images (N, C, H, W) uint8 and labels (N, L) float32."""
+    """All three splits of one dataset: images (N, C, H, W) uint8 (memory-mapped from the cache) and labels (N, L)
+    float32 (a class index in one column for binary / multi-class). ``task`` is the card's task string;
+    ``record`` what the card's dataset record adds (split policy, validation seed and fraction, square rule)."""
 
     name: str
     size: int
@@ -59,8 +57,17 @@ class Dataset:
     images: dict[str, torch.Tensor]
     labels: dict[str, np.ndarray]
     source: str
-    md5: str
-    extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # e.g. NIH file names per split
+    md5: str  # MD5 of the source file, or over the source files' contents (see datasets.common.fingerprint)
+    extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # e.g. file names, patients per split
+    record: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, Task):  # the registry hands a Task; the dataset keeps the card's string
+            self.task = self.task.card
+
+    @property
+    def typed_task(self) -> Task:
+        return Task.parse(self.task, self.label_names)
 
     @property
     def channels(self) -> int:
@@ -69,28 +76,23 @@ class Dataset:
     @property
     def num_outputs(self) -> int:
         """Model outputs: one per label (multi-label), one per class otherwise (binary uses 2-way softmax)."""
-        return len(self.label_names)
+        return self.typed_task.num_outputs
 
     def counts(self) -> dict[str, int]:
         return {s: int(len(self.labels[s])) for s in SPLITS}
 
     def prevalence(self) -> dict[str, list[int]]:
         """Positives per label and split (multi-label), or images per class."""
-        out = {}
-        for s in SPLITS:
-            y = self.labels[s]
-            if self.task.startswith("multi-label"):
-                out[s] = y.sum(0).astype(int).tolist()
-            else:
-                out[s] = np.bincount(y[:, 0].astype(int), minlength=len(self.label_names)).tolist()
-        return out
+        task = self.typed_task
+        return {s: task.prevalence(self.labels[s]) for s in SPLITS}
 
     def split_checksum(self) -> str:
-        """sha256 over every split's labels and image bytes, so a card names exactly the data it saw."""
+        """sha256 over every split's labels and image bytes, so a card names exactly the data it saw (hashed from the
+        arrays' own buffers: no copy of a memory-mapped split)."""
         h = hashlib.sha256()
         for s in SPLITS:
-            h.update(self.images[s].numpy().tobytes())
-            h.update(self.labels[s].tobytes())
+            h.update(np.ascontiguousarray(self.images[s].numpy()).data)
+            h.update(np.ascontiguousarray(self.labels[s]).data)
         return h.hexdigest()
 
     def subset(self, n_per_split: dict[str, int]) -> "Dataset":
@@ -101,74 +103,15 @@ class Dataset:
             {s: self.labels[s][: n_per_split.get(s)] for s in SPLITS},
             self.source, self.md5,
             {k: {s: v[s][: n_per_split.get(s)] for s in SPLITS} for k, v in self.extras.items()},
+            {**self.record, "subset": dict(n_per_split)},
         )
 
 
-def _from_npz(path: Path, name: str, size: int, flag: str, md5: str) -> Dataset:
-    import medmnist
+def load_dataset(name: str = DEFAULT_DATASET, size: int | None = None, download: bool = False) -> Dataset:
+    """A registered dataset (or any 2D MedMNIST flag) at ``size`` px: see :func:`cxrcore.datasets.load`."""
+    from . import datasets
 
-    info = medmnist.INFO[flag]
-    with np.load(path, allow_pickle=False) as z:
-        names = [str(n) for n in z["label_names"]] if "label_names" in z else list(info["label"].values())
-        images, labels, extras = {}, {}, {}
-        for s in SPLITS:
-            x = z[f"{s}_images"]
-            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-            images[s] = torch.from_numpy(np.ascontiguousarray(x))
-            labels[s] = z[f"{s}_labels"].astype(np.float32).reshape(len(x), -1)
-        for key in ("names", "patients"):
-            if f"train_{key}" in z:
-                extras[key] = {s: z[f"{s}_{key}"] for s in SPLITS}
-    return Dataset(name, size, info["task"], names, images, labels, str(path), md5, extras)
-
-
-def load_dataset(name: str = DEFAULT_DATASET, size: int = 64, download: bool = False) -> Dataset:
-    """Load a dataset by name: a local file (``nih14-local``) or any MedMNIST 2D flag (``chestmnist``).
-
-    MedMNIST files are read from :func:`medmnist_root`, checked against the official MD5, and downloaded there when
-    ``download`` is true and the network allows it. Without a file the error says where to put one.
-    """
-    if name in LOCAL_DATASETS:
-        pattern, flag = LOCAL_DATASETS[name]
-        path = data_dir() / pattern.format(size=size)
-        if not path.exists():
-            raise DatasetNotFound(
-                f"{name} at {size} px needs {path}. Set CXR_DATA_DIR to the folder holding "
-                f"{pattern.format(size=size)} (the project's shared data folder)."
-            )
-        return _from_npz(path, name, size, flag, md5sum(path))
-
-    import medmnist
-
-    if name not in medmnist.INFO:
-        known = sorted(LOCAL_DATASETS) + sorted(k for k in medmnist.INFO if not k.endswith("3d"))
-        raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(known)}")
-    if name.endswith("3d"):
-        raise ValueError(f"{name} is a 3D dataset; only 2D MedMNIST datasets are supported")
-    info = medmnist.INFO[name]
-    suffix = "" if size == 28 else f"_{size}"
-    if f"MD5{suffix}" not in info:
-        raise ValueError(f"{name} has no {size} px version; sizes: 28, 64, 128, 224")
-    root = medmnist_root()
-    path = root / f"{name}{suffix}.npz"
-    if not path.exists() and download:
-        root.mkdir(parents=True, exist_ok=True)
-        try:  # medmnist's own downloader (needs the network)
-            getattr(medmnist, info["python_class"])(split="test", download=True, root=str(root), size=size)
-        except Exception as exc:  # noqa: BLE001 - any network failure becomes the clear message below
-            raise DatasetNotFound(
-                f"Could not download {name} ({exc}). Put {path.name} (from {info[f'url{suffix}']}) in {root} "
-                f"or set MEDMNIST_ROOT."
-            ) from exc
-    if not path.exists():
-        raise DatasetNotFound(
-            f"{path} not found and download is off. Download {info[f'url{suffix}']} into {root} "
-            f"(or set MEDMNIST_ROOT), or pass --download on a machine with internet."
-        )
-    md5 = md5sum(path)
-    if md5 != info[f"MD5{suffix}"]:
-        raise ValueError(f"{path} has MD5 {md5}, expected {info[f'MD5{suffix}']}: the file is corrupt or not official")
-    return _from_npz(path, name, size, name, md5)
+    return datasets.load(name, size, download)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Also the ensemble of trained checkpoints (mean probability), whose card is built
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -19,7 +20,7 @@ import torch
 from . import checkpoints, metrics
 from .data import Dataset
 from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss,
-                     predict, seed_everything)
+                     predict, resolve_precision, seed_everything)
 from .pretrained import build, starts_pretrained
 from .zoo import get_spec, list_models
 
@@ -58,8 +59,10 @@ def val_thresholds(y_val: np.ndarray, p_val: np.ndarray, task: str) -> list[floa
 
 
 def metrics_block(data: Dataset, probs: dict[str, np.ndarray], thresholds: list[float], n_boot: int) -> dict:
-    return {s: metrics.summarize(data.labels[s], probs[s], data.label_names, data.task, thresholds, n_boot)
-            for s in ("val", "test")}
+    """Card metrics of val and test, with patient-level CIs where the dataset names each image's patient."""
+    patients = data.extras.get("patients", {})
+    return {s: metrics.summarize(data.labels[s], probs[s], data.label_names, data.task, thresholds, n_boot,
+                                 patients.get(s)) for s in ("val", "test")}
 
 
 def recipe(model_id: str, **overrides) -> TrainConfig:
@@ -67,7 +70,10 @@ def recipe(model_id: str, **overrides) -> TrainConfig:
     for it here (offline, every architecture but EfficientNet-Lite0)."""
     spec = get_spec(model_id)
     init = overrides.get("init") or spec.hparams.get("init", "auto")
-    return TrainConfig.for_model(spec, scratch=not starts_pretrained(spec, init), **overrides)
+    cfg = TrainConfig.for_model(spec, scratch=not starts_pretrained(spec, init), **overrides)
+    # the precision this machine will train in, in the recipe (its key) and the card, never left to detection later
+    kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, kind))
 
 
 def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) -> bool:
@@ -110,15 +116,15 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     if not dist.main:
         return {}
     model = checkpoints.round_to_stored(res.model)
-    # fp32 predictions, as the app serves the model and as validation chose its epoch
+    # fp32 predictions, as the app serves the model (the epoch was chosen in the training precision)
     res_prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last)
-    loss_fn = make_loss(data, cfg)
-    probs = {s: predict(model, data.images[s], res_prep, data.task) for s in ("val", "test")}
-    train_eval = evaluate(model, data, "train", res_prep, loss_fn)
-    val_eval = evaluate(model, data, "val", res_prep, loss_fn)
+    val_eval = evaluate(model, data, "val", res_prep, make_loss(data, cfg))
+    probs = {"val": val_eval["probs"], "test": predict(model, data.images["test"], res_prep, data.task)}
     thresholds = val_thresholds(data.labels["val"], probs["val"], data.task)
     block = metrics_block(data, probs, thresholds, n_boot)
-    block["train_loss"], block["val_loss"] = train_eval["loss"], val_eval["loss"]
+    # the best epoch's running loss (augmented batches, training mode): no extra pass over the whole train split
+    block["train_loss"] = res.history[res.best_epoch - 1]["train_loss"] if res.best_epoch else None
+    block["val_loss"] = val_eval["loss"]
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     card = {
@@ -133,6 +139,7 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
         "train_seconds": res.train_seconds, "wall_seconds": time.perf_counter() - t0,
         "seconds_per_epoch": res.train_seconds / max(1, res.epochs_run),
         "hardware": hardware(), "world_size": dist.world, "bf16": res.bf16, "channels_last": res.channels_last,
+        "precision": res.precision, "training_setup": res.settings,
         "metrics": block, "thresholds": {"youden_val": thresholds},
         "versions": versions(), "git_commit": git_commit(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -146,8 +153,9 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
 
 
 def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,
-                   n_boot: int = 1000) -> dict:
-    """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions."""
+                   n_boot: int = 1000, groups: dict[str, np.ndarray] | None = None) -> dict:
+    """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions
+    (``groups``: split -> patient id per image, for patient-level CIs)."""
     if not members:
         raise ValueError("an ensemble needs at least one member checkpoint")
     first = members[0].card
@@ -159,7 +167,8 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
     labels = {s: preds[0][f"{s}_labels"] for s in ("val", "test")}
     task, names = first["task"], first["label_names"]
     thresholds = val_thresholds(labels["val"], probs["val"], task)
-    block = {s: metrics.summarize(labels[s], probs[s], names, task, thresholds, n_boot) for s in ("val", "test")}
+    block = {s: metrics.summarize(labels[s], probs[s], names, task, thresholds, n_boot, (groups or {}).get(s))
+             for s in ("val", "test")}
     card = {
         "id": "ensemble", "arch": "mean probability of " + ", ".join(m.id for m in members), "family": "ensemble",
         "members": [m.id for m in members], "order": 1000,

@@ -43,7 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", help="auto | imagenet | random | path to a checkpoint folder")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="per process (per GPU); under DDP the lr is scaled linearly")
     p.add_argument("--pos-weight", help="a number or 'balanced'")
     p.add_argument("--input-size", type=int, help="model input size (images are resized to it)")
     p.add_argument("--freeze-all-but", type=int, help="partial fine-tune: train only the last N blocks and the head")
@@ -54,6 +54,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", nargs="*",
                    help="members of the mean-probability ensemble (default: the 5 best by val AUC; none if empty)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few models, 1 epoch, a small real subset")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="training precision (default: the zoo's, else auto: what this hardware runs fast; recorded)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training forward pass")
+    p.add_argument("--sync-batchnorm", action="store_true", default=None,
+                   help="DDP on GPUs: BatchNorm statistics over the global batch (for small per-GPU batches)")
     p.add_argument("--train-sizes", type=curves.parse_sizes, metavar="N,N,...,all",
                    help="learning curve: train on nested, patient-grouped subsets of train of these sizes (same val "
                         "and test), each into <out>/<dataset>/n<images>/<id> (default out: curves/)")
@@ -70,7 +75,8 @@ def overrides(a: argparse.Namespace) -> dict:
         pw = float(pw)
     return dict(init=a.init, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, pos_weight=pw,
                 input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
-                label_smoothing=a.label_smoothing, patience=a.patience)
+                label_smoothing=a.label_smoothing, patience=a.patience, precision=a.precision, compile=a.compile,
+                sync_batchnorm=a.sync_batchnorm)
 
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model_id}: up to date, skipped")
             continue
         cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+        if a.precision is None:  # the rebuild command names the precision this machine chose
+            cmd += f" --precision {cfg.precision}"
         bar = tqdm(total=cfg.epochs, desc=model_id, unit="epoch", disable=not dist.main, dynamic_ncols=True)
 
         def progress(ev: dict, bar=bar) -> None:
@@ -173,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
     if len(members) >= 2:
         member_ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing, then averages
-        build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}")
+        build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}",
+                       groups=data.extras.get("patients"))
     benchmarks.write_tables(out)
     if not a.quick:
         benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())

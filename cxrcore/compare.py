@@ -160,6 +160,18 @@ def top_label(probs: Sequence[float], label_names: Sequence[str]) -> str:
     return label_names[int(np.nanargmax(np.asarray(probs, dtype=float)))]
 
 
+def predicted_classes(comp: Comparison) -> dict[str, str]:
+    """Each column's predicted class on a multi-class task: the class of highest probability, as the card's
+    accuracy and confusion matrix count it (its probabilities sum to 1)."""
+    return {c: top_label(comp.probs[c], list(comp.probs.index)) for c in comp.probs.columns}
+
+
+def predicted_by(comp: Comparison) -> list[str]:
+    """Per class, the models (and ensemble) whose predicted class it is, for the Compare table."""
+    predicted = predicted_classes(comp)
+    return [", ".join(c for c, k in predicted.items() if k == label) for label in comp.probs.index]
+
+
 # ---- operating thresholds -------------------------------------------------------------------------------------------
 
 PRESETS = ("0.5", "Youden J", "Sensitivity ≥ 0.90", "Specificity ≥ 0.90", "Card (validation Youden J)")

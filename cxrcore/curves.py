@@ -45,19 +45,28 @@ def parse_sizes(text: str) -> list[int | None]:
 
 
 def nested_subsets(groups: Sequence, sizes: Sequence[int | None], seed: int = DEFAULT_SEED) -> list[np.ndarray]:
-    """Sorted train indices for each size: whole patients (``groups``, one id per image) taken in one seeded order
-    until at least that many images are in, so every subset holds the smaller ones; None takes every image."""
+    """Sorted train indices for each size: whole patients (``groups``, one id per image) taken in one seeded order,
+    each smaller subset inside every larger one. A patient who would take a subset past its size waits for the next
+    one, so a subset holds at most its size and usually exactly it (one patient with 60 images does not turn 50
+    into 110); None takes every image."""
     groups = np.asarray(groups)
     unique, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    cumulative = np.cumsum(counts[order])
-    out = []
     for k in sizes:
         if k is not None and k > len(groups):
             raise ValueError(f"a training subset of {k} images asks for more than the {len(groups)} in train")
-        n_groups = len(unique) if k is None else int(np.searchsorted(cumulative, k)) + 1
-        out.append(np.flatnonzero(np.isin(inverse, order[:n_groups])))
-    return out
+    pending = list(np.random.default_rng(seed).permutation(len(unique)))
+    chosen: list[int] = []
+    total, by_size = 0, {}
+    for k in sorted({len(groups) if k is None else k for k in sizes}):
+        for g in list(pending):
+            if total == k:
+                break
+            if total + counts[g] <= k:
+                chosen.append(g)
+                pending.remove(g)
+                total += counts[g]
+        by_size[k] = np.flatnonzero(np.isin(inverse, chosen))
+    return [by_size[len(groups) if k is None else k] for k in sizes]
 
 
 def train_groups(data: Dataset) -> np.ndarray:

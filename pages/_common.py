@@ -17,8 +17,7 @@ import plotly.colors
 import streamlit as st
 import torch
 
-from cxrcore import benchmarks, cards, checkpoints, compare, data, explain, inference, metrics
-from cxrcore.cards import TASKS
+from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
 from cxrcore.zoo import list_models
@@ -147,11 +146,22 @@ def selection() -> Selection:
                      task_checkpoints(str(root), dataset), broken_checkpoints(str(root), dataset))
 
 
+@st.cache_resource(show_spinner=False)
+def tasks(root: str) -> dict[str, str]:
+    """Every task with at least one checkpoint under the root, as name -> title: in the registry's order with its
+    titles, then any unregistered dataset a card names; the default task when there is no checkpoint at all."""
+    present = {c.dataset for c in checkpoints.find(Path(root))} or {data.DEFAULT_DATASET}
+    registered = [e.name for e in datasets.entries()]
+    names = [n for n in registered if n in present] + sorted(present - set(registered))
+    return {n: entry.title if (entry := datasets.find(n)) else n for n in names}
+
+
 def sidebar() -> None:
-    """Task switch and model multiselect (default: every loadable model of the task); pages read them through
-    :func:`selection`."""
+    """Task switch (every task with checkpoints) and model multiselect (default: every loadable model of the task);
+    pages read them through :func:`selection`."""
     with st.sidebar:
-        dataset = st.radio("Task", list(TASKS), format_func=TASKS.get, key="task", persist_state="session")
+        listed = tasks(str(checkpoint_root()))
+        dataset = st.radio("Task", list(listed), format_func=listed.get, key="task", persist_state="session")
         loaded, problems = load_models(str(checkpoint_root()), dataset)
         st.multiselect("Models", list(loaded), default=list(loaded), key=_models_key(dataset), persist_state="session",
                        help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen.")
@@ -328,7 +338,7 @@ def comparison(c: Case, sel: Selection) -> compare.Comparison:
 def need_models(sel: Selection) -> None:
     """Stop the page with a clear message when no model can run."""
     if not sel.loadable:
-        st.warning(f"No model of {TASKS[sel.dataset]} has its weights here ({sel.root}). Their cards, and the commands "
+        st.warning(f"No model of {tasks(str(sel.root)).get(sel.dataset, sel.dataset)} has its weights here ({sel.root}). Their cards, and the commands "
                    "that build them, are on the **Models** page.", icon=":material/warning:")
         st.stop()
     if not sel.models:

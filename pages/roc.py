@@ -7,6 +7,7 @@ import streamlit as st
 
 from cxrcore import benchmarks, compare, metrics
 from cxrcore.compare import ENSEMBLE
+from cxrcore.task import kind_of
 from pages import _common as ui
 
 sel = ui.selection()
@@ -22,6 +23,10 @@ fit_on = c2.radio("Presets chosen on", ["val", "test"], horizontal=True, key="ro
                   format_func={"val": "validation split (honest)", "test": "test split (optimistic)"}.get,
                   help="The statistics below are always measured on the test split.")
 j = names.index(label)
+if kind_of(sel.task) == "multi-class":
+    st.caption(f"One-vs-rest: **{label}** against the other {len(names) - 1} classes, scored by its probability. "
+               "The threshold here calls the class on its own; the Compare page also shows each model's most probable "
+               "class, which is what the card's accuracy and confusion matrix count.")
 columns = sel.stored_columns
 if len(columns) < len(sel.columns):
     st.info("Left out (no stored predictions, see **Models**): " + ", ".join(c for c in sel.columns if c not in columns),

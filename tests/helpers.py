@@ -19,6 +19,7 @@ NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nod
 TASKS = {  # dataset -> (label names, task, image size)
     "nih14-local": (NIH14, metrics.TASK_MULTILABEL, 64),
     "pneumoniamnist-local": (["normal", "pneumonia"], metrics.TASK_BINARY, 28),
+    "kermany-pneumonia3": (["normal", "bacterial", "viral"], metrics.TASK_MULTICLASS, 64),
 }
 
 
@@ -56,7 +57,7 @@ def _split(n: int, labels: list[str], task: str, seed: int) -> tuple[np.ndarray,
     some signal so ROC curves and thresholds behave like real ones."""
     k = len(labels)
     truth = np.random.default_rng(n)
-    y = (truth.random((n, k)) < 0.3) if task == metrics.TASK_MULTILABEL else truth.integers(0, 2, (n, 1))
+    y = (truth.random((n, k)) < 0.3) if task == metrics.TASK_MULTILABEL else truth.integers(0, k, (n, 1))
     noise = np.random.default_rng([n, seed]).normal(size=(n, k))
     logits = torch.from_numpy(noise + 1.5 * label_columns(y, task, k))
     probs = torch.sigmoid(logits) if task == metrics.TASK_MULTILABEL else torch.softmax(logits, 1)

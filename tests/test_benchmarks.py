@@ -60,3 +60,41 @@ def test_write_report_lays_prevalence_out_per_label(root, tmp_path):
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| label | train | val | test |" in md and "| Hernia | 120 | 24 | 36 |" in md
     assert "Published (not reproduced here): CheXNet" in md
+
+
+# ---- multi-class tasks and learning curves --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_class(tmp_path_factory):
+    from helpers import fake_checkpoint
+
+    return fake_checkpoint(tmp_path_factory.mktemp("multiclass"), "cnn_small", "kermany-pneumonia3", seed=5)
+
+
+def test_multiclass_table1_confusion_matrix_and_per_class_rates(three_class):
+    row = benchmarks.table1([three_class])[0]
+    test = three_class.card.metrics.test
+    assert row["test_f1_macro"] == test.extra["f1_macro"] and row["test_auc"] == pytest.approx(test.extra["auc_ovr"])
+    assert {"test_acc", "test_f1_macro", "test_auc"} <= set(benchmarks.table1_columns(three_class.card.task))
+    frame = benchmarks.confusion_frame(three_class)
+    y = three_class.predictions()["test_labels"][:, 0].astype(int)
+    assert [r["true"] for r in frame] == ["normal", "bacterial", "viral"]
+    assert [sum(v for k, v in r.items() if k != "true") for r in frame] == np.bincount(y, minlength=3).tolist()
+    rates = benchmarks.per_class_rows(three_class)
+    assert [r["support"] for r in rates] == np.bincount(y, minlength=3).tolist()
+    section = "\n".join(benchmarks.multiclass_section([three_class]))
+    assert "cnn_small: test confusion matrix" in section and "| true | normal | bacterial | viral |" in section
+
+
+def test_multilabel_models_have_no_confusion_section(nih):
+    assert benchmarks.multiclass_section(nih) == [] and benchmarks.confusion_frame(nih[0]) == []
+    assert "test_f1_macro" not in benchmarks.table1(nih)[0]
+
+
+def test_learning_curve_section_reads_the_curve_points(tmp_path):
+    from helpers import fake_checkpoint
+
+    fake_checkpoint(tmp_path / "nih14-local" / "n400", "resnet18", seed=6)
+    section = "\n".join(benchmarks.curve_section(tmp_path, "nih14-local"))
+    assert "Learning curve" in section and "| resnet18 | 400 |" in section
+    assert benchmarks.curve_section(tmp_path, "pneumoniamnist-local") == []

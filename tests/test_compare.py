@@ -231,3 +231,11 @@ def test_case_report_renders_with_models_then_ensemble(nih):
     assert rep.model_ids == ["vanilla_cnn", "vit_scratch"] and rep.probs[ENSEMBLE] == [0.4] * 14
     assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
     assert case_report_pdf(rep).startswith(b"%PDF")
+
+
+def test_predicted_class_is_each_columns_most_probable_class():
+    classes = ["normal", "bacterial", "viral"]
+    probs = {"a": [0.2, 0.5, 0.3], "b": [0.6, 0.1, 0.3]}
+    comp = compare.compare(probs, {c: [0.5] * 3 for c in (*probs, ENSEMBLE)}, classes, ["a", "b"])
+    assert compare.predicted_classes(comp) == {"a": "bacterial", "b": "normal", ENSEMBLE: "normal"}  # mean .4/.3/.3
+    assert compare.predicted_by(comp) == [f"b, {ENSEMBLE}", "a", ""]

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import checkpoints, curves, metrics, published
 from .card import Card
-from .runs import label_columns
+from .task import is_multilabel, label_columns
 from .task import kind_of
 from .zoo import list_models, get_spec
 
@@ -168,14 +168,16 @@ def direct(root: Path) -> list[checkpoints.Checkpoint]:
 
 
 def write_tables(root: Path) -> None:
-    rows = table1(direct(root))
+    cks = direct(root)
+    rows = table1(cks)
     if not rows:
         return
+    columns = table1_columns(cks[0].card.task)  # a multi-class task has its own columns
     with open(root / "benchmarks.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE1_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    (root / "benchmarks.md").write_text(markdown(rows, TABLE1_COLUMNS) + "\n")
+    (root / "benchmarks.md").write_text(markdown(rows, columns) + "\n")
 
 
 def best_single(cks: list[checkpoints.Checkpoint], exclude: tuple[str, ...] = ("ensemble", "medmnist_baseline")):
@@ -217,12 +219,12 @@ def limits_text(card: Card) -> list[str]:
     n_train = d.counts.get("train", "an unknown number of")
     out = [f"- {n_train} training images. Small data: models from random initialisation see far less "
            "than the 78,468 training images of the full ChestMNIST, so their AUCs sit well below published ones."
-           if card.task.startswith("multi-label") else
+           if is_multilabel(card.task) else
            f"- {n_train} training images (the official split)."]
     if rare:
         out.append("- Labels whose AUC rests on very few positives (wide CIs; treat as anecdotal): " + ", ".join(rare)
                    + ". Validation-chosen thresholds for them are especially unstable.")
-    if card.task.startswith("multi-label"):
+    if is_multilabel(card.task):
         out.append("- Accuracy is not informative here (always answering 'negative' scores above 0.9); "
                    "read AUC and sensitivity/specificity at the chosen thresholds.")
     return out
@@ -290,7 +292,7 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None) -> Non
         if comparison:
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap on the test split)", "",
                     markdown(comparison), ""]
-        if first.task.startswith("multi-label"):
+        if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)
         out += ["### Data and its limits", "", *limits_text(first), "",

@@ -2,16 +2,14 @@
 page, and the one-line description of the training data every page header and PDF report repeats."""
 from __future__ import annotations
 
+from . import datasets
 from .card import Card
 from .checkpoints import Checkpoint
 from .report import ENSEMBLE
 
-TASKS = {"nih14-local": "NIH ChestX-ray14 (14 findings)", "pneumoniamnist-local": "PneumoniaMNIST (normal / pneumonia)"}
-DATA_SOURCES = {
-    "nih14-local": "NIH ChestX-ray14 frontal radiographs (adults, NIH Clinical Center), a patient-split local subset; "
-                   "labels text-mined from reports",
-    "pneumoniamnist-local": "PneumoniaMNIST: paediatric frontal radiographs (ages 1-5, Guangzhou), MedMNIST split",
-}
+# The registry's titles and provenance texts by dataset name (cards of unregistered datasets show their name)
+TASKS = {e.name: e.title for e in datasets.entries()}
+DATA_SOURCES = {e.name: e.provenance for e in datasets.entries()}
 
 
 def training_data(card: Card) -> str:
@@ -79,10 +77,8 @@ def card_limits(ck: Checkpoint) -> list[str]:
            f"Evaluated on {n_test} held-out images of the same source only; "
            "no external or prospective validation.",
            "Thresholds were chosen on the validation split; they are not calibrated to any clinical population."]
-    if d.name.startswith("nih14"):
-        out.append("NIH labels were text-mined from reports and are known to be noisy.")
-    if d.name.startswith("pneumoniamnist"):
-        out.append("Children aged 1-5 only; not applicable to adult films.")
+    entry = datasets.find(d.name)
+    out += list(entry.limits if entry else ())
     out += [f"Checkpoint note: {n}." for n in ck.notes]
     if not ck.has_weights and c.id != ENSEMBLE:
         out.append("Weights are not shipped: the card and stored predictions are shown, but it cannot read uploads.")

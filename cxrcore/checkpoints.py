@@ -37,6 +37,7 @@ from torch import nn
 
 from . import metrics
 from .card import MAX_WEIGHTS_BYTES, SPLITS, Card, CardError, CheckpointError
+from .task import is_multilabel
 from .zoo import list_models
 
 __all__ = ["CardError", "CheckpointError", "Checkpoint", "Broken", "Scan", "scan", "find", "save", "read_card",
@@ -190,7 +191,7 @@ def stored_predictions(path: Path, card: Card) -> dict[str, np.ndarray]:
     if missing:
         raise CheckpointError(f"{where} lacks {', '.join(missing)}")
     n_out = len(card.label_names)
-    multilabel = metrics.TASK_MULTILABEL == card.task
+    multilabel = is_multilabel(card.task)
     for s in SPLITS:
         probs, labels = p[f"{s}_probs"], p[f"{s}_labels"]
         if probs.ndim != 2 or probs.shape[1] != n_out or not np.issubdtype(probs.dtype, np.floating):

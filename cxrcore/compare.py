@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from . import explain, metrics
 from .cards import training_data
 from .data import Box, Dataset
-from .engine import is_multilabel
+from .task import is_multilabel
 from .imaging import DecodedImage, Limits, decode, to_dataset_size, to_model_batch
 from .inference import LoadedModel
 from .ood import features, load_for

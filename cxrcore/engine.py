@@ -34,6 +34,7 @@ from torch import nn
 
 from . import metrics
 from .data import Augment, Dataset, preprocess
+from .task import is_multilabel, label_columns, probs as to_probs
 from .zoo import ModelSpec
 
 RESUME_FILE = ".resume.pt"  # the training state after the last finished epoch (no weights but the current ones)
@@ -187,14 +188,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def is_multilabel(task: str) -> bool:
-    return task.startswith("multi-label")
-
-
-def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
-    return torch.sigmoid(logits) if is_multilabel(task) else torch.softmax(logits, 1)
-
-
 def make_loss(data: Dataset, cfg: TrainConfig, dev: torch.device | None = None
               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """BCE-with-logits with a positive-class weight for multi-label tasks; cross-entropy otherwise. The weight is put
@@ -333,7 +326,7 @@ def evaluate(model: nn.Module, data: Dataset, split: str, prep: Prepared, loss_f
     logits = dist.gather_rows(_logits(model, part, prep, data.num_outputs), len(y))
     loss = loss_fn(logits, torch.from_numpy(y).to(dev)).item()
     p = to_probs(logits, data.task).cpu().numpy()
-    cols = y if is_multilabel(data.task) else np.eye(p.shape[1])[y[:, 0].astype(int)]
+    cols = label_columns(y, data.task, p.shape[1])
     sens, spec = metrics.macro_sens_spec(cols, p, 0.5)
     return {"loss": loss, "auc": metrics.get_auc(y, p, data.task), "acc": metrics.get_acc(y, p, data.task),
             "sensitivity": sens, "specificity": spec, "probs": p}

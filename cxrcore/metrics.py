@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_curve, precision_recall_curve
 
-from .task import kind_of
+from .task import kind_of, label_columns
 
 TASK_MULTILABEL = "multi-label, binary-class"
 TASK_BINARY = "binary-class"
@@ -46,7 +46,7 @@ def get_auc(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL
         return float(np.nanmean(auc_per_label(y_true, y_score)))
     if task == TASK_BINARY:
         return float(auc_per_label(y_true[:, :1], y_score[:, -1:])[0])
-    onehot = np.eye(y_score.shape[1])[y_true[:, 0].astype(int)]
+    onehot = label_columns(y_true, task, y_score.shape[1])
     return float(np.nanmean(auc_per_label(onehot, y_score)))
 
 
@@ -427,7 +427,7 @@ def summarize(
     kept). A label with fewer than ``MIN_POSITIVES`` positives gets no AUC and no CI, only ``too_few``."""
     y_true, y_score = _as2d(y_true), _as2d(y_score)
     if task != TASK_MULTILABEL:  # binary and multi-class keep a column per class; label stats are one-vs-rest
-        y_cols = np.eye(y_score.shape[1])[y_true[:, 0].astype(int)]
+        y_cols = label_columns(y_true, task, y_score.shape[1])
     else:
         y_cols = y_true
     th = np.asarray(thresholds if thresholds is not None else [0.5] * y_cols.shape[1], dtype=float)

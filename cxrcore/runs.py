@@ -19,7 +19,8 @@ import torch
 
 from . import checkpoints, metrics
 from .data import Dataset
-from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, is_multilabel, make_loss,
+from .task import is_multilabel, label_columns
+from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, make_loss,
                      predict, resolve_precision, seed_everything)
 from .pretrained import build, starts_pretrained
 from .zoo import get_spec, list_models
@@ -44,12 +45,7 @@ def versions() -> dict[str, str]:
 def dataset_record(data: Dataset) -> dict:
     return {"name": data.name, "size": data.size, "task": data.task, "channels": data.channels,
             "source_md5": data.md5, "split_checksum": data.split_checksum(), "counts": data.counts(),
-            "prevalence": data.prevalence()}
-
-
-def label_columns(y: np.ndarray, task: str, n_out: int) -> np.ndarray:
-    """Labels as one column per model output (one-hot for single-label tasks)."""
-    return y if is_multilabel(task) else np.eye(n_out)[y[:, 0].astype(int)]
+            "prevalence": data.prevalence(), **data.record}  # split policy, seed, square rule
 
 
 def val_thresholds(y_val: np.ndarray, p_val: np.ndarray, task: str) -> list[float]:

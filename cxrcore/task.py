@@ -37,6 +37,11 @@ def is_multilabel(task: "str | Task") -> bool:
     return kind_of(task) == "multi-label"
 
 
+def probs(logits: torch.Tensor, task: "str | Task") -> torch.Tensor:
+    """Probabilities from logits: independent sigmoids (multi-label), else a softmax whose rows sum to 1."""
+    return torch.sigmoid(logits) if is_multilabel(task) else torch.softmax(logits, 1)
+
+
 def label_columns(y: np.ndarray, task: "str | Task", n_out: int) -> np.ndarray:
     """Labels as one column per model output: multi-label labels as they are, a class index as one-hot."""
     y = np.asarray(y)
@@ -80,8 +85,7 @@ class Task:
         return len(self.labels)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Probabilities from logits: independent sigmoids, or a softmax whose rows sum to 1."""
-        return torch.sigmoid(logits) if self.is_multilabel else torch.softmax(logits, 1)
+        return probs(logits, self)
 
     def label_columns(self, y: np.ndarray) -> np.ndarray:
         """(N, num_outputs) 0/1 columns: multi-label labels as they are, class indices (N, 1) one-hot."""

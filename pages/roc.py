@@ -7,7 +7,7 @@ import streamlit as st
 
 from cxrcore import benchmarks, compare, metrics
 from cxrcore.compare import ENSEMBLE
-from cxrcore.task import kind_of
+from cxrcore.task import is_multilabel, kind_of
 from pages import _common as ui
 
 sel = ui.selection()
@@ -18,7 +18,7 @@ ui.need_models(sel)
 
 names = sel.label_names
 c1, c2 = st.columns([2, 3])
-label = c1.selectbox("Label", names, index=0 if sel.task.startswith("multi-label") else len(names) - 1, key="roc_label")
+label = c1.selectbox("Label", names, index=0 if is_multilabel(sel.task) else len(names) - 1, key="roc_label")
 fit_on = c2.radio("Presets chosen on", ["val", "test"], horizontal=True, key="roc_fit",
                   format_func={"val": "validation split (honest)", "test": "test split (optimistic)"}.get,
                   help="The statistics below are always measured on the test split.")

@@ -23,16 +23,39 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The real shared data folder; missing data fails under CI (``CI`` set) and skips elsewhere."""
-    path = _data_dir()
-    if not (path / "nih14_local_64.npz").is_file():
-        message = f"real data not found in {path}; set CXR_DATA_DIR to the shared data folder"
+def _shared(relative: str) -> Path:
+    """A path of the real shared data folder; missing data fails under CI (``CI`` set) and skips elsewhere."""
+    path = _data_dir() / relative
+    if not path.exists():
+        message = f"real data not found: {path}; set CXR_DATA_DIR to the shared data folder"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real shared data folder (checked by its NIH file)."""
+    return _shared("nih14_local_64.npz").parent
+
+
+@pytest.fixture(scope="session")
+def kermany_dir() -> Path:
+    """The Kermany chest X-ray folders (train/ and test/, with labels.csv)."""
+    return _shared("kermany_pneumonia/labels.csv").parent
+
+
+@pytest.fixture(scope="session")
+def blood_cells_dir() -> Path:
+    """The blood-cell image folders (TRAIN/, TEST/, TEST_SIMPLE/)."""
+    return _shared("blood_cells/TRAIN").parent
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The 12 original 1024 px NIH PNGs and their labels.csv."""
+    return _shared("samples/labels.csv").parent
 
 
 TINY_N = 4  # images per split of a tiny checkpoint's stored predictions

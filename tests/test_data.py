@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from cxrcore import data as D
+from cxrcore import datasets
+from cxrcore.datasets import cache
+from cxrcore.datasets.medmnist_npz import read_npz
 from cxrcore.data import Augment, Box, DatasetNotFound, load_boxes, load_dataset, preprocess
 
 NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -143,6 +146,7 @@ def test_medmnist_file_with_wrong_md5_is_refused(monkeypatch, tmp_path):
 def test_medmnist_file_with_the_official_md5_loads_with_medmnist_task_and_labels(monkeypatch, tmp_path):
     """The real file cannot be had offline; a fake one passes once ``md5sum`` reports the official MD5."""
     monkeypatch.setenv("MEDMNIST_ROOT", str(tmp_path))
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))  # a fake under the official MD5 must not be cached for real
     arrays = fake_medmnist(tmp_path / "chestmnist_64.npz", size=64)
     monkeypatch.setattr(D, "md5sum", lambda path: medmnist.INFO["chestmnist"]["MD5_64"])
     ds = load_dataset("chestmnist", 64)
@@ -153,14 +157,37 @@ def test_medmnist_file_with_the_official_md5_loads_with_medmnist_task_and_labels
     np.testing.assert_array_equal(ds.labels["val"], arrays["val_labels"].astype(np.float32))
 
 
-def test_from_npz_reads_single_label_and_rgb_layouts(tmp_path):
+def test_npz_reader_reads_single_label_and_rgb_layouts(tmp_path):
     arrays = fake_medmnist(tmp_path / "blood.npz", size=28, labels=1, channels=3)
-    ds = D._from_npz(tmp_path / "blood.npz", "bloodmnist", 28, "bloodmnist", "md5")
-    assert ds.task == "multi-class" and len(ds.label_names) == 8 and ds.channels == 3
-    x = ds.images["train"]
-    assert tuple(x.shape) == (6, 3, 28, 28) and x.is_contiguous()
-    assert torch.equal(x[2, 1], torch.from_numpy(arrays["train_images"][2, :, :, 1]))  # (N,H,W,C) -> (N,C,H,W)
-    assert ds.labels["train"].shape == (6, 1)
+    entry = datasets.get("bloodmnist")
+    assert entry.kind == "multi-class" and len(entry.labels) == 8 and entry.channels == 3
+    splits = read_npz(tmp_path / "blood.npz", entry)
+    x = splits.images["train"]
+    assert x.shape == (6, 3, 28, 28) and x.flags.c_contiguous
+    np.testing.assert_array_equal(x[2, 1], arrays["train_images"][2, :, :, 1])  # (N,H,W,C) -> (N,C,H,W)
+    assert splits.labels["train"].shape == (6, 1) and splits.record["split_policy"] == "official"
+
+
+def test_npz_with_other_label_names_than_its_entry_is_refused(tmp_path, monkeypatch):
+    arrays = fake_medmnist(tmp_path / "nih14_local_8.npz", size=8)
+    np.savez(tmp_path / "nih14_local_8.npz", **arrays, label_names=np.array([f"L{k}" for k in range(14)]))
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(datasets.DatasetError, match="expects"):
+        load_dataset("nih14-local", 8)
+
+
+def test_local_npz_is_cached_once_and_memory_mapped(tmp_path, monkeypatch):
+    arrays = fake_medmnist(tmp_path / "pneumoniamnist_8.npz", size=8, labels=1)
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    a = load_dataset("pneumoniamnist-local", 8)
+    (meta,) = (tmp_path / "cache").rglob("meta.json")
+    assert isinstance(cache.read(meta.parent)[0].images["test"], np.memmap)
+    b = load_dataset("pneumoniamnist-local", 8)
+    assert a.split_checksum() == b.split_checksum() and len(list((tmp_path / "cache").rglob("meta.json"))) == 1
+    assert torch.equal(b.images["test"][:, 0], torch.from_numpy(arrays["test_images"]))
+    assert b.record == {**a.record} and b.record["split_policy"] == "official"
 
 
 # ---- bounding boxes ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from cxrcore import benchmarks, checkpoints, curves, ood  # noqa: E402
+from cxrcore import datasets  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
 from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
@@ -36,8 +37,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print every registered model id and exit")
     p.add_argument("--models", nargs="+", help="ids to train (default: all)")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="nih14-local, pneumoniamnist-local or a MedMNIST flag")
-    p.add_argument("--size", type=int, default=64, help="dataset image size (28, 64, 128, 224)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help=f"a registered dataset ({', '.join(e.name for e in datasets.entries())}) or a MedMNIST flag")
+    p.add_argument("--size", type=int, help="dataset image size (default: the dataset entry's)")
     p.add_argument("--download", action="store_true", help="download MedMNIST files when missing (needs internet)")
     p.add_argument("--out", type=Path, help="checkpoint root (default checkpoints/, or checkpoints/<dataset>)")
     p.add_argument("--init", help="auto | imagenet | random | path to a checkpoint folder")
@@ -113,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         a.models = a.models or QUICK_MODELS
         a.epochs = a.epochs or 1
         a.out = a.out or REPO_ROOT / "runs" / "quick"
-    out = a.out or (REPO_ROOT / "checkpoints" if a.dataset == DEFAULT_DATASET else REPO_ROOT / "checkpoints" / a.dataset)
+    try:
+        entry = datasets.get(a.dataset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = a.out or REPO_ROOT / "checkpoints" / (entry.name if entry.checkpoint_dir is None else entry.checkpoint_dir)
     ids = a.models or list_models()
     try:  # fail before any training on a typo
         for i in ids:
@@ -123,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         data = load_dataset(a.dataset, a.size, download=a.download)
-    except DatasetNotFound as exc:
+    except (DatasetNotFound, datasets.DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    a.size = data.size
     if a.quick:
         data = data.subset(QUICK_SUBSET)
     dist = Dist.from_env()

@@ -28,10 +28,10 @@ __all__ = ["DEFAULT_DATASET", "DatasetEntry", "DatasetError", "DatasetNotFound",
            "load", "names", "register"]
 
 
-def load(name: str = DEFAULT_DATASET, size: int | None = None, download: bool = False) -> Dataset:
-    """A dataset by name at ``size`` px (the entry's default when None), from the cache when its sources are
-    unchanged, else decoded once (with a progress bar) and cached."""
-    entry = get(name)
+def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, download: bool = False) -> Dataset:
+    """A dataset by name (or an unregistered entry) at ``size`` px (the entry's default when None), from the cache
+    when its sources are unchanged, else decoded once (with a progress bar) and cached."""
+    entry = name if isinstance(name, DatasetEntry) else get(name)
     size = size or entry.default_size
     scan = entry.source.scan(entry, size, download)
     key = cache.key(entry.name, size, scan.fingerprint, entry.kind, entry.labels, entry.split, entry.square,

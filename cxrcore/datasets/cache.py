@@ -17,7 +17,7 @@ import numpy as np
 from ..data import SPLITS
 from .common import Splits
 
-LOADER_VERSION = 1  # bump when decoding or the layout of the cache changes: old folders are then never read
+LOADER_VERSION = 2  # bump when decoding or the layout of the cache changes: old folders are then never read
 META = "meta.json"
 
 

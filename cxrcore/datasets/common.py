@@ -169,6 +169,9 @@ def image_scan(items: list[Item], entry: DatasetEntry, size: int, root: Path, la
     if not items:
         raise DatasetError(f"{entry.name}: no image files found under {root}")
     items, record = carve(sorted(items, key=lambda i: str(i.path)), entry.split)
+    # Stored in an order fixed by the file names but unrelated to folders and classes, so the first n images of a
+    # split (Dataset.subset, smoke runs) hold every class as the whole split does
+    items.sort(key=lambda i: hashlib.md5(i.path.relative_to(root).as_posix().encode()).hexdigest())
     record = {**record, "layout": layout, "square": entry.square}
     key = fingerprint(items, root, layout)
     return Scan(key, str(root), lambda: decode_items(items, entry, size, record, root))

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from . import explain, metrics
 from .cards import training_data
@@ -252,23 +252,60 @@ def box_on_square(box: Box, image_shape: tuple[int, int], size: float) -> Box:
     return Box(box.label, (box.x - left) * s, (box.y - top) * s, box.w * s, box.h * s)
 
 
-def cam_panel(square: np.ndarray, cam: np.ndarray, alpha: float, boxes: Sequence[Box] = ()) -> np.ndarray:
-    """CAM blended over the display square, with boxes (fractions of the square) outlined in green."""
-    rgb = Image.fromarray(explain.overlay(square, cam, alpha))
-    draw = ImageDraw.Draw(rgb)
+def cam_panel(square: np.ndarray, cam: explain.CamResult, alpha: float = explain.DEFAULT_ALPHA,
+              boxes: Sequence[Box] = (), top: float | None = None) -> np.ndarray:
+    """A CAM over the display square with its colour bar and the boxes (fractions of the square) outlined in green.
+    A map with no localisation is never drawn: the plain film with "no localisation" across it, and no scale."""
     side = square.shape[0]
+    film = explain.overlay(square, cam.map, alpha, top) if cam.informative else np.repeat(square[..., None], 3, -1)
+    rgb = Image.fromarray(film)
+    draw = ImageDraw.Draw(rgb, "RGBA")
     for b in (box_on_square(b, (1, 1), side) for b in boxes):  # fractions are pixels of a 1 x 1 image
         draw.rectangle([b.x, b.y, b.x + b.w, b.y + b.h], outline=(0, 255, 0), width=max(2, side // 160))
-    return np.asarray(rgb)
+    font = ImageFont.load_default(size=max(9, side // 24))
+    if not cam.informative:
+        draw.rectangle([0, side * 0.43, side, side * 0.57], fill=(0, 0, 0, 170))
+        draw.text((side / 2, side / 2), "no localisation", fill=(255, 255, 255), font=font, anchor="mm")
+    return np.concatenate([np.asarray(rgb), _scale(side, cam, top, font)], axis=1)
 
 
-def peak_hits(cam: np.ndarray, boxes: Sequence[Box]) -> dict[str, bool]:
-    """Per box label (boxes as fractions of the square): does the CAM's peak fall inside a box of that label?"""
+def _scale(side: int, cam: explain.CamResult, top: float | None, font: ImageFont.FreeTypeFont) -> np.ndarray:
+    """The colour bar beside a panel: jet from the map's low (bottom) to its peak (top), grey under the top-x % cut
+    when one is set; a blank strip for a map with no localisation."""
+    width, bar = max(36, side // 7), max(8, side // 24)
+    strip = Image.new("RGB", (width, side), (0, 0, 0))
+    if cam.informative:
+        values = np.linspace(1, 0, side, dtype=np.float32)[:, None].repeat(bar, 1)
+        cut = explain.top_cut(cam.map, top) if top else 0.0
+        colours = np.where((values >= cut)[..., None], explain.jet(values), 90).astype(np.uint8)
+        strip.paste(Image.fromarray(colours), (2, 0))
+        draw = ImageDraw.Draw(strip)
+        draw.text((bar + 5, 1), "high", fill=(255, 255, 255), font=font, anchor="la")
+        draw.text((bar + 5, side - 1), "low", fill=(255, 255, 255), font=font, anchor="ld")
+    return np.asarray(strip)
+
+
+def peak_hits(cam: explain.CamResult, boxes: Sequence[Box]) -> dict[str, bool]:
+    """Per box label (boxes as fractions of the square): does the CAM's peak fall inside a box of that label?
+    A map with no localisation points nowhere, so it is judged against no box ({})."""
     out: dict[str, bool] = {}
+    if not cam.informative:
+        return out
     for b in boxes:
-        out[b.label] = out.get(b.label, False) or explain.peak_in_box(cam, b, (1, 1))
+        out[b.label] = out.get(b.label, False) or explain.peak_in_box(cam.map, b, (1, 1))
     return out
 
+
+def cam_caption(title: str, cam: explain.CamResult, boxes: Sequence[Box] = ()) -> str:
+    """A panel's caption, the same in the app and the PDF: what it shows, the map's layer and native grid (or why
+    there is no localisation), and whether its peak falls in each NIH box."""
+    if cam.informative:
+        verdict = "".join(f" · peak {'inside' if inside else 'outside'} the {label} box"
+                          for label, inside in peak_hits(cam, boxes).items())
+    else:
+        labels = dict.fromkeys(b.label for b in boxes)
+        verdict = "".join(f" · no peak to compare with the {label} box" for label in labels)
+    return f"{title} · {cam.summary}{verdict}"
 
 # ---- out-of-distribution warning ------------------------------------------------------------------------------------
 

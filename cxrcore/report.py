@@ -26,6 +26,9 @@ _FOOTER_H = 8.0  # mm reserved at the bottom for the footer
 _IMAGE_W = 80.0  # mm, width of the image column on page 1
 _GAP = 5.0  # mm between blocks
 _CAM_COLS = 4
+CAM_NOTE = ("Colour: where the map raises the label's score, relative to its own peak (bar: low to high); the film shows "
+            "through where the map is low. 'No localisation': the map was empty or constant and is not drawn. Each "
+            "caption gives the layer's native grid: a map is no finer than that.")
 _TABLE_PT = 7
 _HEAD_STYLE = FontFace(emphasis="BOLD", fill_color=(225, 225, 225))
 _POSITIVE_STYLE = FontFace(emphasis="BOLD", fill_color=(255, 214, 190))
@@ -238,9 +241,12 @@ def _cam_grid(pdf: FPDF, cams: Sequence[tuple[str, np.ndarray]]) -> None:
         row = cams[start:start + _CAM_COLS]
         sizes = [_fit(overlay, cell_w, 55.0) for _, overlay in row]
         row_h = max(h for _, h in sizes) + 8
-        _ensure_room(pdf, row_h + (6 if start == 0 else 0))
+        _ensure_room(pdf, row_h + (14 if start == 0 else 0))
         if start == 0:
             _heading(pdf, "Grad-CAM", _MARGIN)
+            pdf.set_font(_FONT, "", 7)
+            pdf.multi_cell(0, 3.2, latin1(CAM_NOTE), new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(1)
         top = pdf.y
         for k, ((caption, overlay), (w, h)) in enumerate(zip(row, sizes)):
             x = _MARGIN + k * (cell_w + _GAP)

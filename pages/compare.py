@@ -42,8 +42,9 @@ def build_report(case: compare.Case, sel: ui.Selection, comp: compare.Comparison
         label = compare.top_label(comp.probs[model_id], sel.label_names)
         status.update(label=f"Grad-CAM: {model_id}, {label}")
         heat = ui.cam(case, sel, model_id, label, "GradCAM")
-        panels.append((f"{model_id}: {label} (p={comp.probs.at[label, model_id]:.2f})",
-                       compare.cam_panel(square, heat, 0.4, case.boxes)))
+        panels.append((compare.cam_caption(f"{model_id}: {label} (p={comp.probs.at[label, model_id]:.2f})", heat,
+                                           case.boxes),
+                       compare.cam_panel(square, heat, boxes=case.boxes)))
         bar.progress((k + 1) / len(comp.models))
     data = compare.case_report(comp, case.image.pixels, name, [sel.checkpoint(i).card for i in comp.models], source,
                                panels, warning, dt.datetime.now().isoformat(timespec="seconds"))

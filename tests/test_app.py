@@ -136,6 +136,25 @@ def test_benchmarks_page_marks_published_numbers():
     assert len(at.get("plotly_chart")) >= 5
 
 
+def test_benchmarks_page_shows_the_localisation_table(fake_root):
+    """With ``benchmarks/localisation.py``'s table under the checkpoint root, the page shows the task's rows."""
+    row = {"dataset": "nih14-local", "model": "vanilla_cnn", "method": "GradCAM", "subset": "test", "layer": "layer2",
+           "grid": "8x8", "boxes": 6, "no_localisation": 1, "pointing": 0.5, "chance": 0.02, "precision": 0.1,
+           "recall": 0.2, "f1": 0.133}
+    path = fake_root / "localisation.json"
+    path.write_text(json.dumps({"command": "python benchmarks/localisation.py", "region_level": 0.5, "rows": [row],
+                                "boxes": []}))
+    try:
+        at = start()
+        at.switch_page("pages/benchmarks.py").run()
+    finally:
+        path.unlink()
+    assert not at.exception, at.exception
+    assert "Grad-CAM localisation against the NIH boxes" in [s.value for s in at.subheader]
+    shown = next(d.value for d in at.dataframe if "Pointing game" in d.value.columns or "pointing" in d.value.columns)
+    assert list(shown["model"]) == ["vanilla_cnn"] and "layer2 (8x8)" in shown.to_string()
+
+
 # ---- uploads -------------------------------------------------------------------------------------------------------
 
 def test_sample_png_fills_the_comparison(sample):

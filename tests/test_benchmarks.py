@@ -98,3 +98,19 @@ def test_learning_curve_section_reads_the_curve_points(tmp_path):
     section = "\n".join(benchmarks.curve_section(tmp_path, "nih14-local"))
     assert "Learning curve" in section and "| resnet18 | 400 |" in section
     assert benchmarks.curve_section(tmp_path, "pneumoniamnist-local") == []
+
+
+def test_localisation_section_shows_the_task_rows_with_the_command(tmp_path):
+    import json
+
+    assert benchmarks.localisation_section(tmp_path, "nih14-local") == []  # not run: no section
+    row = {"dataset": "nih14-local", "model": "resnet18", "method": "GradCAM", "subset": "test", "layer": "layer2",
+           "grid": "8x8", "boxes": 6, "no_localisation": 0, "pointing": 0.5, "chance": 0.022, "precision": 0.1,
+           "recall": 0.2, "f1": 0.133}
+    other = {**row, "dataset": "pneumoniamnist-local", "model": "vanilla_cnn"}
+    (tmp_path / "localisation.json").write_text(json.dumps(
+        {"command": "python benchmarks/localisation.py", "region_level": 0.5, "rows": [row, other], "boxes": []}))
+    text = "\n".join(benchmarks.localisation_section(tmp_path, "nih14-local"))
+    assert "### Grad-CAM localisation against the NIH boxes" in text and "`python benchmarks/localisation.py`" in text
+    assert "| resnet18 | test | layer2 (8x8) | 6 | 0 | 0.500 | 0.022 | 0.100 | 0.200 | 0.133 |" in text
+    assert "vanilla_cnn" not in text and "0.5 of its peak" in text

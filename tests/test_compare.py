@@ -14,6 +14,7 @@ from cxrcore import compare, metrics
 from cxrcore.checkpoints import find
 from cxrcore.compare import ENSEMBLE
 from cxrcore.data import Box, Dataset
+from cxrcore.explain import CamResult, jet
 from cxrcore.imaging import ImageError, Limits, to_dataset_size, to_model_batch
 from cxrcore.inference import load_model
 from cxrcore.report import case_report_pdf
@@ -189,21 +190,56 @@ def test_test_split_case_goes_through_decode_and_knows_its_labels():
     np.testing.assert_array_equal(case.image.pixels, images["test"][1, 0].numpy())
 
 
+def cam_result(heat: np.ndarray, informative: bool = True) -> CamResult:
+    return CamResult(heat, (8, 8), informative, "GradCAM", "layer2", "" if informative else "empty map")
+
+
 def test_box_on_square_and_peak_hits():
     box = compare.box_on_square(Box("Mass", 612, 512, 100, 100), (1024, 1024), 1)
     np.testing.assert_allclose([box.x, box.y, box.w, box.h], np.array([612, 512, 100, 100]) / 1024)
     cam = np.zeros((64, 64), np.float32)
     cam[35, 40] = 1  # x = 40.5 / 64 = 0.63, y = 35.5 / 64 = 0.55: inside
-    assert compare.peak_hits(cam, [box]) == {"Mass": True}
+    assert compare.peak_hits(cam_result(cam), [box]) == {"Mass": True}
+    assert compare.peak_hits(cam_result(cam, informative=False), [box]) == {}  # no localisation points nowhere
     cam[35, 40], cam[5, 5] = 0, 1
-    assert compare.peak_hits(cam, [box, Box("Mass", 0.0, 0.0, 0.01, 0.01)]) == {"Mass": False}
+    assert compare.peak_hits(cam_result(cam), [box, Box("Mass", 0.0, 0.0, 0.01, 0.01)]) == {"Mass": False}
 
 
-def test_cam_panel_outlines_boxes_in_green():
+def test_cam_caption_states_the_grid_the_box_verdict_or_no_localisation():
+    cam, box = np.zeros((64, 64), np.float32), Box("Mass", 0.5, 0.5, 0.2, 0.2)
+    cam[40, 40] = 1
+    assert compare.cam_caption("m: p=0.70", cam_result(cam), [box]) == (
+        "m: p=0.70 · GradCAM at layer2, native 8x8 grid · peak inside the Mass box")
+    flat = compare.cam_caption("m", cam_result(np.zeros((64, 64), np.float32), informative=False), [box, box])
+    assert flat == "m · no localisation (empty map; GradCAM at layer2, native 8x8 grid) · no peak to compare with " \
+                   "the Mass box"
+
+
+def test_cam_panel_outlines_boxes_in_green_beside_a_colour_bar():
     square = np.full((100, 100), 128, np.uint8)
-    panel = compare.cam_panel(square, np.zeros((8, 8), np.float32), 0.0, [Box("Mass", 0.2, 0.2, 0.5, 0.5)])
-    assert panel.shape == (100, 100, 3)
-    assert tuple(panel[20, 50]) == (0, 255, 0) and tuple(panel[50, 50]) == (128, 128, 128)
+    heat = np.zeros((8, 8), np.float32)
+    heat[0, 0] = 1
+    panel = compare.cam_panel(square, cam_result(heat), 0.3, [Box("Mass", 0.2, 0.2, 0.5, 0.5)])
+    assert panel.shape[0] == 100 and panel.shape[1] > 100  # the film, then the colour bar
+    assert tuple(panel[20, 50]) == (0, 255, 0) and tuple(panel[50, 50]) == (128, 128, 128)  # map at 0: clear
+    assert tuple(panel[1, 1]) != (128, 128, 128)  # the peak is drawn
+    bar = panel[:, 100:]
+    assert tuple(bar[0, 4]) == tuple(jet(np.array([[1.0]]))[0, 0]) and tuple(bar[-1, 4]) == tuple(
+        jet(np.array([[0.0]]))[0, 0])  # red at the top, blue at the bottom
+
+
+def test_cam_panel_never_draws_a_map_without_localisation():
+    """A constant map is shown as the plain film, grey everywhere but the boxes, with no scale beside it."""
+    square = np.random.default_rng(0).integers(0, 256, (160, 160), dtype=np.uint8)
+    panel = compare.cam_panel(square, cam_result(np.zeros((8, 8), np.float32), informative=False), 1.0)
+    film, bar = panel[:, :160].astype(int), panel[:, 160:]
+    assert (film[..., 0] == film[..., 1]).all() and (film[..., 1] == film[..., 2]).all()  # no colour at all
+    np.testing.assert_array_equal(film[:40, :, 0], square[:40])  # the film itself, outside the caption band
+    assert not bar.any()  # no colour bar for a map that is not drawn
+    top = compare.cam_panel(square, cam_result(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)), 1.0,
+                            top=0.1)
+    assert (top[150:, 100:160] != np.repeat(square[150:, 100:160, None], 3, -1)).any()  # the top rows are drawn
+    np.testing.assert_array_equal(top[:100, :160], np.repeat(square[:100, :, None], 3, -1))  # the rest is the film
 
 
 def test_ood_warning_only_when_a_detector_flags_the_image(tmp_path):

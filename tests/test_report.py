@@ -116,3 +116,26 @@ def test_missing_model_entry_raises():
 
 def test_latin1_replaces_what_core_fonts_cannot_draw():
     assert latin1("patient_é_✓ – ≥") == "patient_é_? - >="
+
+
+def test_cam_panels_in_the_pdf_state_their_grid_and_no_localisation():
+    """PDF panels follow the app's rules: built by compare.cam_panel (colour bar; a map without localisation is not
+    drawn), captioned with the native grid or "no localisation", under the note that says how to read them."""
+    from cxrcore import compare
+    from cxrcore.data import Box
+    from cxrcore.explain import CamResult
+
+    square = np.full((96, 96), 120, np.uint8)
+    heat = np.zeros((64, 64), np.float32)
+    heat[10, 10] = 1
+    box = [Box("Effusion", 0.0, 0.0, 0.3, 0.3)]
+    cams = [CamResult(heat, (8, 8), True, "GradCAM", "layer2"),
+            CamResult(np.zeros((64, 64), np.float32), (7, 7), False, "GradCAM", "layer1", "empty map")]
+    panels = [(compare.cam_caption(f"m{k}: Effusion (p=0.81)", c, box), compare.cam_panel(square, c, boxes=box))
+              for k, c in enumerate(cams)]
+    raw = case_report_pdf(make_report(cams=panels), compress=False).decode("latin-1")
+    pdf = " ".join(re.findall(r"\((.*?)(?<!\\)\) Tj", raw)).replace("\\(", "(").replace("\\)", ")")  # wrapped lines
+    assert "native 8x8 grid" in pdf and "peak inside the Effusion box" in pdf
+    assert "no localisation (empty map; GradCAM at layer1, native 7x7 grid)" in pdf
+    assert "'No localisation': the map was empty or constant and is not drawn" in pdf
+    assert all(p.shape[1] > p.shape[0] for _, p in panels)  # each panel carries its colour bar

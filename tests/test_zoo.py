@@ -75,20 +75,21 @@ def test_forward_and_backward_reach_the_first_layer(model_id, built):
 def test_gradcam_layer_is_on_the_forward_path(model_id, built):
     model, size = built(model_id)
     spec = get_spec(model_id)
-    layer = resolve_module(model, spec.cam_layer)
-    seen = []
-    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
-    with torch.no_grad():
-        model.eval()(torch.randn(1, 1, size, size))
-    handle.remove()
-    assert len(seen) == 1, f"{spec.cam_layer} ran {len(seen)} times"
-    act = seen[0]
-    transform = reshape_transform(spec, model)
-    if spec.vit:
-        act = transform(act)
-    else:
-        assert transform is None
-    assert act.ndim == 4 and act.shape[0] == 1 and min(act.shape[2:]) >= 1, tuple(act.shape)
+    for path in spec.cam_layers:
+        layer = resolve_module(model, path)
+        seen = []
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+        with torch.no_grad():
+            model.eval()(torch.randn(1, 1, size, size))
+        handle.remove()
+        assert len(seen) == 1, f"{path} ran {len(seen)} times"
+        act = seen[0]
+        transform = reshape_transform(spec, model)
+        if spec.vit:
+            act = transform(act)
+        else:
+            assert transform is None
+        assert act.ndim == 4 and act.shape[0] == 1 and min(act.shape[2:]) >= 1, tuple(act.shape)
 
 
 def test_vit_reshape_recovers_the_patch_grid():
@@ -139,7 +140,7 @@ def test_specs_are_consistent(model_id):
 def test_duplicate_registration_raises_and_keeps_the_first():
     before = get_spec("vanilla_cnn")
     with pytest.raises(ValueError, match="registered twice"):
-        register("vanilla_cnn", arch="x", family="cnn", cam_layer="head")(lambda n, c, s: nn.Linear(1, n))
+        register("vanilla_cnn", arch="x", family="cnn", cam_layers=("head",))(lambda n, c, s: nn.Linear(1, n))
     assert get_spec("vanilla_cnn") is before and list_models().count("vanilla_cnn") == 1
 
 
@@ -155,7 +156,7 @@ def test_resolve_module_handles_negative_indices_and_peft():
     wrapped = wrap_lora(model)
     assert resolve_module(wrapped, "blocks.-1.norm1") is model.blocks[5].norm1
     cnn = create_model("vanilla_cnn", 14, 1, 64)
-    assert isinstance(resolve_module(cnn, get_spec("vanilla_cnn").cam_layer), nn.ReLU)
+    assert isinstance(resolve_module(cnn, get_spec("vanilla_cnn").cam_layers[0]), nn.ReLU)
 
 
 def test_has_imagenet_follows_the_weight_sources():

@@ -9,15 +9,19 @@ import struct
 import zlib
 
 import numpy as np
+import pydicom
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 from helpers import dicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+from pydicom.tag import Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1
 
-from cxrcore.imaging import DecodedImage, ImageError, Limits, decode, to_dataset_size, to_model_batch
+from cxrcore.imaging import (DecodedImage, ImageError, Limits, Region, decode, model_region, to_dataset_size,
+                             to_model_batch)
 
 
 # ---- builders ------------------------------------------------------------------------------------------------------
@@ -106,14 +110,27 @@ def test_dataset_image_round_trips_through_png(nih_test, i):
 # ---- ordinary image formats ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
-def test_16_bit_images_are_stretched_not_black_and_keep_intensity_order(fmt):
-    src = (np.arange(128 * 128, dtype=np.uint32).reshape(128, 128) * 4095 // (128 * 128 - 1)).astype(np.uint16)
-    src = np.rot90(src).copy()  # not sorted in raster order, so order preservation is really tested
-    img = decode(encode(Image.fromarray(src), fmt), f"x.{fmt.lower()}")
-    assert (img.format, img.original_mode, img.bit_depth) == (fmt, "I;16", 16)
-    assert img.pixels.dtype == np.uint8 and img.pixels.min() == 0 and img.pixels.max() >= 250
-    order = np.argsort(src.ravel(), kind="stable")
-    assert np.all(np.diff(img.pixels.ravel()[order].astype(int)) >= 0)
+@pytest.mark.parametrize(("scale", "bits"), [(257, 16), (16, 12), (4, 10), (1, 8)])
+def test_16_bit_images_map_their_bit_depth_not_their_own_range(fmt, scale, bits):
+    """v * 257 (16-bit), v * 16 (12-bit), v * 4 (10-bit) and v (8-bit data in 16) all give back v, even when v
+    does not span 0..255: the scale comes from the bit depth, not from the image's min and max."""
+    v = gradient() // 2 + 60  # 60..187: a min-max stretch would change every value
+    img = decode(encode(Image.fromarray(v.astype(np.uint16) * scale), fmt), f"x.{fmt.lower()}")
+    assert (img.format, img.original_mode, img.bit_depth) == (fmt, "I;16", bits)
+    np.testing.assert_array_equal(img.pixels, v)
+
+
+def test_png_sbit_gives_the_bit_depth_of_a_dark_film():
+    """Without sBIT a 12-bit film whose brightest pixel is 1000 reads as 10-bit; with sBIT 12 it reads as 12-bit."""
+    v = (gradient() // 4).astype(np.uint16)  # 0..63
+    info = PngInfo()
+    info.add(b"sBIT", bytes([12]))
+    with_sbit = decode(encode(Image.fromarray(v * 16), "PNG", pnginfo=info))
+    assert with_sbit.bit_depth == 12
+    np.testing.assert_array_equal(with_sbit.pixels, v)
+    without = decode(encode(Image.fromarray(v * 16), "PNG"))
+    assert without.bit_depth == 10
+    np.testing.assert_array_equal(without.pixels, v * 4)
 
 
 @pytest.mark.parametrize(
@@ -184,23 +201,18 @@ def sample_12bit(data_dir, sample_names) -> np.ndarray:
     return to_dataset_size(pixels, 256).astype(np.uint16) * 16
 
 
-def expected_min_max(values: np.ndarray) -> np.ndarray:
-    v = values.astype(np.float64)
-    return np.rint((v - v.min()) * 255 / (v.max() - v.min())).astype(np.uint8)
-
-
 @pytest.mark.parametrize(("file_meta", "filename"), [(True, ""), (True, "scan.dcm"), (False, "scan.dcm")])
 def test_dicom_from_real_sample_decodes_and_keeps_identifiers_apart(sample_12bit, file_meta, filename):
     data = dicom(sample_12bit, file_meta=file_meta)
     assert (data[128:132] == b"DICM") is file_meta
     img = decode(data, filename)
     assert (img.format, img.original_mode, img.bit_depth) == ("DICOM", "MONOCHROME2", 12)
-    np.testing.assert_array_equal(img.pixels, expected_min_max(sample_12bit))
+    np.testing.assert_array_equal(img.pixels, sample_12bit // 16)  # 12-bit range, not the film's own min..max
     assert img.identifiers == {"PatientName": "Doe^Jane", "PatientID": "PID-0042", "PatientBirthDate": "19600101",
                                "AccessionNumber": "ACC-7", "InstitutionName": "General Hospital",
                                "StudyDate": "20240102"}
     assert img.metadata == {"Modality": "DX", "ViewPosition": "PA", "PhotometricInterpretation": "MONOCHROME2",
-                            "Rows": 256, "Columns": 256, "BitsStored": 12, "VOI": "min-max"}
+                            "Rows": 256, "Columns": 256, "BitsStored": 12, "VOI": "12-bit range"}
 
 
 def test_dicom_monochrome1_is_inverted(sample_12bit):
@@ -235,7 +247,7 @@ def test_dicom_voi_lut_sequence_is_applied():
     item.LUTData = lut.astype("<u2").tobytes()
     img = decode(dicom(stored, VOILUTSequence=[item]))
     assert img.metadata["VOI"] == "VOI LUT"
-    np.testing.assert_array_equal(img.pixels, np.rint(lut[stored] * (255 / 65535)).astype(np.uint8))
+    np.testing.assert_array_equal(img.pixels, (lut[stored] >> 8).astype(np.uint8))  # 16-bit output in 256 bins
 
 
 def test_dicom_multi_frame_is_refused():
@@ -286,3 +298,214 @@ def test_bad_uploads_are_refused_with_a_clear_message(build, kwargs, match):
         decode(build(), **kwargs)
     message = str(info.value)
     assert message.endswith(".") and "\n" not in message and "Traceback" not in message
+
+
+# ---- same film, same answer ----------------------------------------------------------------------------------------
+
+def deflated(data: bytes) -> bytes:
+    """The same DICOM with its dataset deflated (Deflated Explicit VR Little Endian)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def sbit(bits: int) -> PngInfo:
+    info = PngInfo()
+    info.add(b"sBIT", bytes([bits]))
+    return info
+
+
+@pytest.fixture(scope="module")
+def sample_film(data_dir, sample_names) -> np.ndarray:
+    """A real NIH film at full resolution, as its 8-bit PNG decodes."""
+    return decode((data_dir / "samples" / sample_names[1]).read_bytes()).pixels
+
+
+def exports(v: np.ndarray) -> dict[str, bytes]:
+    """One film saved the ways a radiology system exports it."""
+    v16 = v.astype(np.uint16)
+    return {
+        "8-bit PNG": encode(v, "PNG"),
+        "16-bit PNG (v*257)": encode(Image.fromarray(v16 * 257), "PNG"),
+        "12-bit in 16-bit PNG (v*16)": encode(Image.fromarray(v16 * 16), "PNG"),
+        "12-bit PNG with sBIT": encode(Image.fromarray(v16 * 16), "PNG", pnginfo=sbit(12)),
+        "16-bit TIFF": encode(Image.fromarray(v16 * 257), "TIFF"),
+        "DICOM 12-bit, no window": dicom(v16 * 16),
+        "DICOM 12-bit, full-range window": dicom(v16 * 16, WindowCenter=2048, WindowWidth=4096),
+        "DICOM 16-bit, full-range window": dicom(v16 * 257, bits_stored=16, WindowCenter=32768, WindowWidth=65536),
+        "DICOM 12-bit, rescaled, full-range window": dicom(v16 * 16, RescaleSlope=2, RescaleIntercept=-1000,
+                                                           WindowCenter=3096, WindowWidth=8192),
+        "DICOM 8-bit, no window": dicom(v16, bits_stored=8),
+        "deflated DICOM, full-range window": deflated(dicom(v16 * 16, WindowCenter=2048, WindowWidth=4096)),
+    }
+
+
+def test_same_film_gives_the_same_model_input_whatever_it_was_saved_as(sample_film):
+    """A real NIH film as 8-bit PNG, 16-bit PNG/TIFF and DICOM (with or without a window) decodes to the same pixels
+    and the same 64 px model input, exactly."""
+    expected = to_dataset_size(sample_film, 64)
+    for name, data in exports(sample_film).items():
+        img = decode(data, "film.dcm" if "DICOM" in name else "film.png")
+        np.testing.assert_array_equal(img.pixels, sample_film, err_msg=name)
+        np.testing.assert_array_equal(to_dataset_size(img.pixels, 64), expected, err_msg=name)
+
+
+def test_a_dark_film_is_not_stretched(sample_film):
+    """A film using only part of its range keeps its brightness (min-max stretching used to brighten it)."""
+    dark = (sample_film // 2).astype(np.uint8)
+    for name, data in exports(dark).items():
+        if "PNG (v*16)" in name or name == "16-bit PNG (v*257)":
+            continue  # without sBIT or a header, a 16-bit PNG's depth comes from its maximum (module docstring)
+        np.testing.assert_array_equal(decode(data, "x.dcm" if "DICOM" in name else "x.png").pixels, dark,
+                                      err_msg=name)
+
+
+def test_dicom_window_functions_follow_ps3_3():
+    stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (128, 1))
+    exact = decode(dicom(stored, WindowCenter=2048, WindowWidth=4096, VOILUTFunction="LINEAR_EXACT")).pixels
+    np.testing.assert_array_equal(exact, (stored.astype(int) * 256 // 4096).astype(np.uint8))
+    sigmoid = decode(dicom(stored, WindowCenter=2048, WindowWidth=1024, VOILUTFunction="SIGMOID")).pixels[0]
+    assert sigmoid[0] == 0 and sigmoid[-1] == 255 and sigmoid[128] == 128 and np.all(np.diff(sigmoid.astype(int)) >= 0)
+
+
+def test_negative_rescale_slope_inverts():
+    stored = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (128, 1))
+    img = decode(dicom(stored, RescaleSlope=-1, RescaleIntercept=4095))
+    np.testing.assert_array_equal(img.pixels, 255 - (stored >> 4).astype(np.uint8))
+
+
+# ---- refusals of values that cannot be shown truthfully, and of films the models do not read ----------------------
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_pixels_are_refused(value):
+    f = gradient().astype(np.float32)
+    f[5, 7] = value
+    with pytest.raises(ImageError, match="NaN or infinity"):
+        decode(encode(Image.fromarray(f), "TIFF"), "x.tif")
+
+
+@pytest.mark.parametrize(("attrs", "match"), [
+    ({"RescaleSlope": "NaN"}, "RescaleSlope is nan"), ({"RescaleSlope": "inf"}, "RescaleSlope is inf"),
+    ({"RescaleSlope": "0"}, "RescaleSlope is 0"), ({"RescaleSlope": "1e308"}, "overflow"),
+    ({"RescaleIntercept": "NaN"}, "RescaleIntercept is nan"), ({"WindowCenter": "NaN", "WindowWidth": "400"}, "nan"),
+    ({"WindowCenter": "40", "WindowWidth": "inf"}, "inf"), ({"WindowCenter": "40", "WindowWidth": "0"}, "too small"),
+])
+def test_non_finite_or_degenerate_dicom_values_are_refused(attrs, match):
+    ds = pydicom.dcmread(io.BytesIO(dicom(gradient().astype(np.uint16) * 16)))
+    for key, value in attrs.items():
+        ds.add_new(Tag(key), "LO", value)  # as text, the way a broken exporter writes them
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageError, match=match):
+        decode(buf.getvalue())
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "US", "SEG", "NM", "OT", "XYZ"])
+def test_dicom_that_is_not_a_radiograph_is_refused(modality):
+    with pytest.raises(ImageError, match=f"Modality {modality}.*CR or DX"):
+        decode(dicom(gradient().astype(np.uint16), Modality=modality))
+
+
+@pytest.mark.parametrize("view", ["LL", "RL", "LAT", "LATERAL", "lateral", "RAO", "LPO"])
+def test_dicom_lateral_or_oblique_view_is_refused(view):
+    with pytest.raises(ImageError, match=f"view \\(ViewPosition {view.upper()}\\).*frontal"):
+        decode(dicom(gradient().astype(np.uint16), ViewPosition=view))
+
+
+@pytest.mark.parametrize(("modality", "view"), [("CR", "AP"), ("DX", "PA"), ("DR", "AP"), ("RG", "PA"),
+                                                ("DX", "LLD"), ("dx", "pa")])
+def test_frontal_radiographs_pass(modality, view):
+    assert decode(dicom(gradient().astype(np.uint16), Modality=modality, ViewPosition=view)).format == "DICOM"
+
+
+def test_missing_modality_and_view_are_accepted():
+    ds = pydicom.dcmread(io.BytesIO(dicom(gradient().astype(np.uint16))))
+    del ds.Modality, ds.ViewPosition
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert decode(buf.getvalue()).metadata.get("Modality") is None
+
+
+@pytest.mark.parametrize(("attrs", "match"), [({"NumberOfFrames": "1.5"}, "not a whole number"),
+                                              ({"NumberOfFrames": "abc"}, "not a whole number"),
+                                              ({"NumberOfFrames": "0"}, "not a number of images")])
+def test_dicom_non_integer_frame_count_is_refused(attrs, match):
+    ds = pydicom.dcmread(io.BytesIO(dicom(gradient().astype(np.uint16))))
+    for key, value in attrs.items():
+        ds.add_new(Tag(key), "LO", value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageError, match=match):
+        decode(buf.getvalue())
+
+
+def test_one_bit_dicom_is_refused():
+    g = gradient()
+    with pytest.raises(ImageError, match="BitsAllocated 1"):
+        decode(dicom(g.astype(np.uint16), BitsAllocated=1, BitsStored=1, HighBit=0,
+                     pixel_data=np.packbits(g > 128, bitorder="little").tobytes()))
+
+
+# ---- memory budget and the last-resort guard ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [lambda: encode(noise(1024, 1024), "PNG"),
+                                   lambda: encode(Image.fromarray(noise(1024, 1024).astype(np.uint16)), "TIFF"),
+                                   lambda: dicom(noise(1024, 1024).astype(np.uint16)),
+                                   lambda: deflated(dicom(noise(1024, 1024).astype(np.uint16)))])
+def test_decodes_over_the_memory_budget_are_refused_from_the_header(build):
+    data = build()
+    assert decode(data, "x.dcm" if data[128:132] == b"DICM" else "x").pixels.shape == (1024, 1024)
+    with pytest.raises(ImageError, match="of memory, over the 4.0 MB allowed per upload|inflates to more than 1.3 MB"):
+        decode(data, limits=Limits(max_decode_bytes=4 * 2**20))
+
+
+def test_budget_is_checked_before_pixels_are_decoded():
+    """A header-only PNG claiming 7000 x 7000 pixels: refused for memory, not found truncated by decoding it."""
+    with pytest.raises(ImageError, match="memory"):
+        decode(png_header_only(7000, 7000), limits=Limits(max_decode_bytes=32 * 2**20))
+
+
+def test_deflated_dicom_inflation_is_bounded():
+    data = deflated(dicom(np.zeros((1024, 1024), np.uint16)))
+    with pytest.raises(ImageError, match="inflates to more than"):
+        decode(data, limits=Limits(max_decode_bytes=3 * 2**20))
+
+
+def test_any_unexpected_failure_becomes_an_image_error_and_is_logged(monkeypatch, caplog):
+    from cxrcore import imaging
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder bug")
+    monkeypatch.setattr(imaging, "_pil_pixels", broken)
+    with caplog.at_level("WARNING", logger="cxrcore.imaging"):
+        with pytest.raises(ImageError, match="could not be read as an image") as info:
+            decode(encode(gradient(), "PNG"))
+    assert isinstance(info.value.__cause__, RuntimeError) and "RuntimeError" in caplog.text
+
+
+# ---- orientation and the region the models see ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pil(orientation):
+    g = gradient(64, 96)
+    g[3, 5] = 255  # a mark that shows any mirror or turn
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(g, "PNG", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(decode(data).pixels, expected)
+
+
+@pytest.mark.parametrize(("shape", "region"), [((100, 300), Region(100, 0, 100, 100)),
+                                               ((300, 100), Region(0, 100, 100, 100)),
+                                               ((101, 250), Region(74, 0, 101, 101)),
+                                               ((128, 128), Region(0, 0, 128, 128))])
+def test_model_region_is_the_centre_square_to_dataset_size_uses(shape, region):
+    pixels = noise(*shape)
+    assert model_region(pixels.shape) == region
+    r = region
+    np.testing.assert_array_equal(to_dataset_size(pixels[r.top : r.top + r.height, r.left : r.left + r.width], 64),
+                                  to_dataset_size(pixels, 64))
+    assert model_region(pixels.shape, "pad") == Region(0, 0, shape[1], shape[0])

@@ -440,7 +440,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     elif _exchange(tmp, out_dir):
         shutil.rmtree(tmp)  # now holds the previous checkpoint
     else:  # two renames: between them (microseconds) the previous folder sits at ``old``
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
         os.rename(out_dir, old / "x")
         os.rename(tmp, out_dir)
         shutil.rmtree(old)
@@ -465,6 +465,22 @@ def _carry_over(out_dir: Path, tmp: Path, weights_changed: bool) -> None:
                 os.link(entry, target)
             except OSError:
                 shutil.copy2(entry, target)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Hidden siblings a killed save of this folder left (``.<name>.tmp-<pid>-*``, ``.<name>.old-<pid>-*``), once
+    the process that made them is gone, so a kill costs no disk space for longer than the next save."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.*-*-*"):
+        kind, _, rest = p.name[len(out_dir.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _previous_sha(out_dir: Path) -> str | None:
@@ -498,7 +514,8 @@ def save(out_dir: Path, model: nn.Module | None, card: Card, predictions: dict[s
     files[CARD] = text.encode()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _remove_leftovers(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o755)
         for name, data in files.items():

@@ -10,6 +10,7 @@ import pickle
 import re
 import signal
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -200,6 +201,38 @@ def test_a_save_killed_mid_way_leaves_the_previous_checkpoint_intact(saved, monk
     assert calls[0] == WEIGHTS and folder_bytes(path) == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no hidden half-written folder
     assert checkpoints.find(path.parent)[0].card == card
+
+
+KILLED_SAVE = """
+import sys, time
+from pathlib import Path
+import torch
+from cxrcore import checkpoints
+from cxrcore.zoo import create_model
+real = checkpoints._write
+def slow(p, data):
+    real(p, data)
+    print(p, flush=True)
+    time.sleep(60)  # killed here, after the weights of the new checkpoint were written
+checkpoints._write = slow
+path = Path(sys.argv[1])
+checkpoints.save(path, create_model("vanilla_cnn", 14, 1, 64), checkpoints.read_card(path), {}, [])
+"""
+
+
+def test_a_save_killed_by_sigkill_leaves_the_previous_checkpoint_and_the_next_save_cleans_up(saved, tmp_path):
+    path, model, card, preds, history = saved
+    before = folder_bytes(path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    written = proc.stdout.readline()  # the first file of the new folder is on disk
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert written.strip().endswith(WEIGHTS) and ".vanilla_cnn.tmp-" in written
+    assert folder_bytes(path) == before and checkpoints.find(path.parent)[0].card == card
+    assert not checkpoints.scan(path.parent).broken  # the half-written hidden folder is not a checkpoint
+    checkpoints.save(path, model, card, preds, history)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the next save removed the leftover
 
 
 def test_a_full_disk_gives_a_clear_message_and_leaves_no_partial_files(saved, monkeypatch):

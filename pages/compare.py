@@ -8,6 +8,7 @@ import streamlit as st
 
 from cxrcore import compare, report
 from cxrcore.compare import ENSEMBLE
+from cxrcore.task import kind_of
 from pages import _common as ui
 
 
@@ -105,6 +106,9 @@ with right:
         table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
         table["SD"] = agree["sd"]
     table = table.join(comp.probs[comp.models])
+    multiclass = kind_of(sel.task) == "multi-class"
+    if multiclass:  # one of several classes per image: each model's prediction is its most probable class
+        table.insert(int("Truth" in table), "Predicted by", compare.predicted_by(comp))
     st.dataframe(ui.call_style(comp, table), height=38 + 35 * len(table), width="stretch", column_config={
         "_index": st.column_config.TextColumn("Label", width="medium", pinned=True),
         "SD": st.column_config.NumberColumn(help="Spread (standard deviation) of the models' probabilities"),
@@ -113,6 +117,10 @@ with right:
     source = compare.threshold_source(ui.overrides(sel.dataset))
     st.caption("Cells: probability. **Red, bold: positive call** (at or above the model's threshold); green: negative. "
                f"Ensemble: mean of the chosen models. Thresholds: {source}.")
+    if multiclass:
+        predicted = compare.predicted_classes(comp)
+        st.markdown(f"**Predicted class ({lead}): {predicted[lead]}** (p={comp.probs.at[predicted[lead], lead]:.2f}); "
+                    f"each model's probabilities over the {len(comp.probs)} classes sum to 1.")
 
 
 st.subheader("Probabilities by label")

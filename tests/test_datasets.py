@@ -3,7 +3,7 @@ the decode-once cache, patient-grouped carving and the refusals that say what is
 from __future__ import annotations
 
 import csv
-import io
+import os
 import shutil
 from pathlib import Path
 
@@ -169,6 +169,21 @@ def test_second_load_comes_from_the_memory_mapped_cache_and_a_changed_file_is_se
     assert decoded and changed.md5 != first.md5 and changed.split_checksum() != first.split_checksum()
     assert len(list(cache_dir.rglob("meta.json"))) == 2
     assert datasets.load(e, 8).size == 8 and len(list(cache_dir.rglob("meta.json"))) == 3  # size is in the key
+
+
+def test_file_digests_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    root = folder_tree(tmp_path / "x", patients=2)
+    e = entry(ImageFolder(str(root), patient_pattern=PATIENT))
+    first = datasets.load(e, 16)
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real(self))
+    assert datasets.load(e, 16).md5 == first.md5 and not read  # stat only: no source file read again
+    target = root / "test" / "NORMAL" / "q0N_0.png"
+    st = target.stat()
+    write_image(target, 41, "PNG")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert datasets.load(e, 16).md5 != first.md5 and target in read
 
 
 def test_cache_root_defaults_to_the_user_cache(monkeypatch):

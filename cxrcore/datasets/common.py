@@ -3,6 +3,7 @@ content fingerprints and the one decode pass (with a progress bar, and every unr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,17 +120,43 @@ def carve(items: list[Item], policy: SplitPolicy) -> tuple[list[Item], dict]:
     return items, record
 
 
-def file_md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def file_md5s(paths: Sequence[Path], root: Path) -> dict[Path, str]:
+    """MD5 of each file's bytes. Digests are remembered beside the cache by (size, mtime), as git's index does, so
+    a second load of a large release stats its files instead of reading them all again."""
+    from .cache import cache_root
+
+    memo_path = cache_root() / "file-md5" / f"{hashlib.md5(str(root.resolve()).encode()).hexdigest()}.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    out, fresh = {}, {}
+    for p in paths:
+        st = p.stat()
+        rel = p.relative_to(root).as_posix()
+        known = memo.get(rel)
+        if known and known[:2] == [st.st_size, st.st_mtime_ns]:
+            out[p] = known[2]
+        else:
+            out[p] = hashlib.md5(p.read_bytes()).hexdigest()
+        fresh[rel] = [st.st_size, st.st_mtime_ns, out[p]]
+    if fresh != memo:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(fresh))
+        tmp.replace(memo_path)
+    return out
 
 
 def fingerprint(items: Sequence[Item], root: Path, *parts: object) -> str:
     """MD5 over every file's bytes, relative path, label, split and patient, plus ``parts``: a changed, added,
     removed or relabelled image gives another key."""
     h = hashlib.md5(repr(parts).encode())
-    for i in sorted(items, key=lambda i: str(i.path)):
+    items = sorted(items, key=lambda i: str(i.path))
+    digests = file_md5s([i.path for i in items], root)
+    for i in items:
         h.update(f"{i.path.relative_to(root).as_posix()}|{i.label}|{i.split}|{i.patient}|".encode())
-        h.update(file_md5(i.path).encode())
+        h.update(digests[i.path].encode())
     return h.hexdigest()
 
 

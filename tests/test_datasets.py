@@ -231,6 +231,9 @@ def test_labels_csv_refusals(tmp_path):
         datasets.load(entry(LabelsCSV(str(path)), kind="multi-class", labels=three), 16)
     with pytest.raises(DatasetError, match="does not exist"):
         datasets.load(entry(LabelsCSV(str(tmp_path / "none.csv")), kind="multi-class", labels=three), 16)
+    outside = csv_tree(tmp_path / "sub", [("../a.png", "train", "normal", "1")])
+    with pytest.raises(DatasetError, match="line 2: '../a.png' is outside"):
+        datasets.load(entry(LabelsCSV(str(outside)), kind="multi-class", labels=three), 16)
 
 
 def test_patients_per_split_keeps_same_numbered_patients_of_two_splits_apart(tmp_path):

@@ -73,6 +73,8 @@ class LabelsCSV:
             if split is None:
                 raise DatasetError(f"line {line}: split {row[self.split_column]!r} is none of train, val, test")
         path = root / row[self.path_column].strip()
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise DatasetError(f"line {line}: {row[self.path_column]!r} is outside the CSV's folder {root}")
         patient = (row.get(self.patient_column) or "").strip() if self.patient_column in columns else ""
         patient = patient or path.relative_to(root).as_posix()
         if self.patients_per_split:

@@ -24,7 +24,7 @@ from . import explain, metrics
 from .cards import training_data
 from .data import Box, Dataset
 from .task import is_multilabel
-from .imaging import DecodedImage, Limits, decode, to_dataset_size, to_model_batch
+from .imaging import DecodedImage, Limits, decode, model_region, to_dataset_size, to_model_batch
 from .inference import LoadedModel
 from .ood import features, load_for
 from .report import ENSEMBLE, CaseReport, ReportModel
@@ -93,6 +93,23 @@ def predict_image(m: LoadedModel, pixels: np.ndarray) -> np.ndarray:
 def display_square(pixels: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
     """The square the models see (centre crop), at display size, for drawing CAMs and boxes on."""
     return to_dataset_size(pixels, size)
+
+
+REGION_COLOR = (255, 196, 0)  # the outline of what the models see, on the displayed film
+
+
+def film_with_region(pixels: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """The whole film as displayed (RGB, long side at most ``max_side``) with the region the models see outlined:
+    :func:`imaging.model_region`, the centre square :func:`model_input` crops."""
+    h, w = pixels.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    film = Image.fromarray(pixels).convert("RGB")
+    if scale < 1:
+        film = film.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    r = model_region(pixels.shape)
+    box = [r.left * scale, r.top * scale, (r.left + r.width) * scale - 1, (r.top + r.height) * scale - 1]
+    ImageDraw.Draw(film).rectangle(box, outline=REGION_COLOR, width=max(2, round(max(film.size) / 200)))
+    return np.asarray(film)
 
 
 @dataclass(frozen=True)

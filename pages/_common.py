@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,7 @@ def image_input(sel: Selection) -> None:
         st.selectbox("…or a test-split image", range(len(names)), index=None, key="pick", on_change=pick,
                      format_func=lambda i: names[i], placeholder=f"{len(names)} images of {sel.dataset}")
     if st.session_state.get(UPLOAD_ERROR):
-        st.error(st.session_state[UPLOAD_ERROR], icon=":material/block:")
+        st.error(plain(st.session_state[UPLOAD_ERROR]), icon=":material/block:")
 
 
 def case() -> Case | None:
@@ -373,6 +374,21 @@ def colors(columns: list[str]) -> dict[str, str]:
 def translucent(color: str, alpha: float = 0.15) -> str:
     r, g, b = plotly.colors.hex_to_rgb(color)
     return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")  # every ASCII punctuation character
+_WORD_JOINER = "\u2060"  # invisible; breaks the 'http://', 'www.' and 'a@b' that Streamlit turns into links
+
+
+def plain(text: object) -> str:
+    """User-supplied text (file names, DICOM fields, messages quoting them) for Streamlit's Markdown (st.caption,
+    st.error, st.markdown, image captions, st.table cells), shown literally on one line: every ASCII punctuation
+    character becomes a numeric character reference, so no bold, colour, link, icon, emoji or LaTeX syntax acts,
+    and an invisible word joiner goes before each ':', '@' and '.', because Streamlit links URLs and e-mail
+    addresses found in the text itself."""
+    def escape(m: re.Match) -> str:
+        return (_WORD_JOINER if m.group() in ":@." else "") + f"&#{ord(m.group())};"
+    return _MARKDOWN_PUNCTUATION.sub(escape, " ".join(str(text).split()))
 
 
 def fmt(value: float, digits: int = 3) -> str:

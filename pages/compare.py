@@ -68,19 +68,21 @@ if case is None:
 
 with left:
     image = case.image
-    st.image(image.pixels, caption=f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} "
-                                   f"px, {image.bit_depth}-bit {image.original_mode}", width="stretch")
+    st.image(compare.film_with_region(image.pixels), width="stretch",
+             caption=ui.plain(f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} px, "
+                              f"{image.bit_depth}-bit {image.original_mode}"))
     sizes = sorted({m.data_size for m in sel.models.values()})
-    st.caption(f"The models see the centre square at {' / '.join(map(str, sizes))} px, resized exactly as in training.")
+    st.caption(f"The models see only the outlined centre square (the whole film when it is square), resized to "
+               f"{' / '.join(map(str, sizes))} px exactly as in training.")
     if case.truth is not None:
         st.caption(f"Dataset labels ({case.source}): **{', '.join(case.truth) or 'No finding'}**")
     show_ids = bool(image.identifiers) and st.checkbox(
         "Show patient identifiers", help="DICOM identifiers stay hidden, and out of the downloads, unless ticked.")
     if show_ids:
-        st.table(pd.Series(image.identifiers, name="value"))
+        st.table(pd.Series({k: ui.plain(v) for k, v in image.identifiers.items()}, name="value"))
     if image.metadata:
         with st.expander("DICOM header (non-identifying)"):
-            st.table(pd.Series({k: str(v) for k, v in image.metadata.items()}, name="value"))
+            st.table(pd.Series({k: ui.plain(v) for k, v in image.metadata.items()}, name="value"))
     warning = ui.ood(case, sel)
     if warning:
         st.warning(warning, icon=":material/warning:")

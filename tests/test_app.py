@@ -3,6 +3,7 @@ the comparison, bad files get a message and no traceback, thresholds move sensit
 to the Compare page, CAMs and the PDF build, and the shipped checkpoints open the app."""
 from __future__ import annotations
 
+import html
 import io
 import json
 from pathlib import Path
@@ -56,12 +57,18 @@ def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     return at
 
 
+def shown(markdown: str) -> str:
+    """The text a Markdown body shows, for bodies that quote user text through ``pages._common.plain`` (character
+    references, invisible word joiners)."""
+    return html.unescape(markdown).replace("\u2060", "")
+
+
 def texts(at: AppTest) -> str:
     """All visible text, to check what is (not) shown."""
     kinds = ("title", "markdown", "caption", "info", "warning", "error")
     parts = [e.value for kind in kinds for e in getattr(at, kind)]
     parts += [str(t.value) for t in at.table] + [str(d.value) for d in at.dataframe]
-    return "\n".join(map(str, parts))
+    return shown("\n".join(map(str, parts)))
 
 
 def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -190,6 +197,17 @@ def test_dicom_made_from_the_sample_works_and_hides_identifiers(sample):
     assert "Doe^Jane" in texts(at)
 
 
+def test_file_names_and_dicom_fields_show_as_plain_text(sample):
+    """A name written as Markdown shows literally: no bold, colour or link in the caption or the error box."""
+    name = "**No finding - cleared** :green[normal] [see](http://example.com).png"
+    at = upload(start(), name, sample[1])
+    caption = at.image[0].captions[0]
+    assert shown(caption).startswith(name) and not set("*[]()") & set(caption) and "http://" not in caption
+    at = upload(start(), "**bad** [x](http://example.com).png", b"")
+    assert shown(at.error[0].value).startswith("**bad** [x](http://example.com).png: The file is empty.")
+    assert not set("*[]()") & set(at.error[0].value)
+
+
 def _truncated_dicom() -> bytes:
     return dicom(np.zeros((128, 128), np.uint16))[:-500]
 
@@ -212,7 +230,7 @@ BAD_FILES = {
 @pytest.mark.parametrize(("name", "build", "message"), BAD_FILES.values(), ids=BAD_FILES.keys())
 def test_bad_files_get_a_clear_message_and_no_traceback(name, build, message):
     at = upload(start(), name, build())
-    assert len(at.error) == 1 and message in at.error[0].value and at.error[0].value.startswith(name)
+    assert len(at.error) == 1 and message in shown(at.error[0].value) and shown(at.error[0].value).startswith(name)
     assert not at.dataframe and "Traceback" not in at.error[0].value
 
 
@@ -223,7 +241,7 @@ def test_upload_over_the_configured_size_limit_is_refused():
         at = upload(start(), "big.png", png(np.random.default_rng(0).integers(0, 256, (1200, 1200), np.uint8)))
     finally:
         config.set_option("server.maxUploadSize", before)
-    assert "over the 1.0 MB upload limit" in at.error[0].value and not at.dataframe
+    assert "over the 1.0 MB upload limit" in shown(at.error[0].value) and not at.dataframe
 
 
 def test_a_good_upload_after_a_bad_one_clears_the_message(sample):
@@ -240,7 +258,8 @@ def test_two_sessions_keep_their_own_image_and_thresholds(sample, data_dir):
     first.slider(key=SLIDER).set_value(0.95).run()
     first.switch_page("pages/compare.py").run()
     second.run()
-    assert first.image[0].captions[0].startswith(sample[0]) and second.image[0].captions[0].startswith(other.name)
+    assert shown(first.image[0].captions[0]).startswith(sample[0])
+    assert shown(second.image[0].captions[0]).startswith(other.name)
     assert not first.dataframe[0].value.equals(second.dataframe[0].value)
     assert "set by the user" in texts(first) and "set by the user" not in texts(second)
 

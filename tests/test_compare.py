@@ -275,3 +275,17 @@ def test_predicted_class_is_each_columns_most_probable_class():
     comp = compare.compare(probs, {c: [0.5] * 3 for c in (*probs, ENSEMBLE)}, classes, ["a", "b"])
     assert compare.predicted_classes(comp) == {"a": "bacterial", "b": "normal", ENSEMBLE: "normal"}  # mean .4/.3/.3
     assert compare.predicted_by(comp) == [f"b, {ENSEMBLE}", "a", ""]
+
+
+def test_film_with_region_outlines_the_centre_square_the_models_see():
+    from cxrcore.imaging import model_region
+
+    film = np.full((200, 400), 100, np.uint8)
+    shown = compare.film_with_region(film)
+    r = model_region(film.shape)
+    assert shown.shape == (200, 400, 3) and (r.left, r.width) == (100, 200)
+    assert tuple(shown[100, r.left]) == compare.REGION_COLOR
+    assert tuple(shown[100, r.left + r.width - 1]) == compare.REGION_COLOR
+    assert tuple(shown[100, 50]) == (100, 100, 100) and tuple(shown[100, 200]) == (100, 100, 100)
+    big = compare.film_with_region(np.zeros((3000, 2000), np.uint8))
+    assert big.shape == (1024, 683, 3) and tuple(big[512, 0]) == compare.REGION_COLOR

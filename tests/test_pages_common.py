@@ -22,3 +22,16 @@ def test_a_model_keeps_its_colour_whatever_else_is_shown():
 def test_up_to_24_models_get_distinct_colours():
     ids = [f"model_{k}" for k in range(24)]
     assert len(set(ui.colors(ids).values())) == 24
+
+
+def test_plain_shows_user_text_literally_in_markdown():
+    """Every Markdown-active character becomes a character reference; URLs and addresses are broken by an invisible
+    word joiner so Streamlit does not link them; decoding gives the text back on one line."""
+    import html
+    import re
+
+    text = "**No finding** :green[normal] [a](http://x.y) www.x.y me@x.y $x$ ~s~ `c` <b> # _i_ \\ x\n2.png"
+    out = ui.plain(text)
+    assert "\n" not in out and not re.search(r"[!-/:-@\[-`{-~]", re.sub(r"&#\d+;", "", out))
+    assert html.unescape(out).replace("\u2060", "") == " ".join(text.split())
+    assert "http://" not in html.unescape(out) and "www." not in html.unescape(out)

@@ -139,3 +139,9 @@ def test_cam_panels_in_the_pdf_state_their_grid_and_no_localisation():
     assert "no localisation (empty map; GradCAM at layer1, native 7x7 grid)" in pdf
     assert "'No localisation': the map was empty or constant and is not drawn" in pdf
     assert all(p.shape[1] > p.shape[0] for _, p in panels)  # each panel carries its colour bar
+
+
+def test_file_name_written_as_markdown_shows_literally():
+    """fpdf2's markdown stays off: a name's ** and [..] are printed, not turned into bold text or a link."""
+    pdf = case_report_pdf(make_report(filename="**No finding** :green[normal] [x](http://e.com).png"), compress=False)
+    assert b"**No finding** :green[normal] [x]" in pdf and b"/URI" not in pdf

@@ -9,7 +9,7 @@ import torch
 from cxrcore import checkpoints, metrics
 from cxrcore.card import Card
 from cxrcore.data import Dataset
-from cxrcore.engine import TrainConfig
+from cxrcore.engine import TrainConfig, resolve_precision
 from cxrcore.runs import is_up_to_date, lora_base_unchanged
 from cxrcore.zoo import get_spec
 from helpers import NIH14
@@ -92,5 +92,9 @@ def test_recipe_uses_the_from_scratch_overrides_only_without_pretrained_weights(
     monkeypatch.delenv("CXR_WEIGHTS_DIR", raising=False)
     assert recipe("resnet18").lr == get_spec("resnet18").scratch_hparams["lr"]
     assert recipe("resnet18", init="imagenet").lr == TrainConfig().lr
-    assert recipe("efficientnet_lite0") == TrainConfig.for_model(get_spec("efficientnet_lite0"))
+    # the precision is resolved for this machine (never "auto" in a recipe, so never left to detection later)
+    here = resolve_precision("auto", torch.device("cpu"))
+    assert recipe("efficientnet_lite0") == dataclasses.replace(TrainConfig.for_model(get_spec("efficientnet_lite0")),
+                                                               precision=here)
+    assert recipe("mobilenet_v2").precision == "fp32" and recipe("resnet18", precision="fp32").precision == "fp32"
     assert recipe("resnet18", epochs=3).epochs == 3

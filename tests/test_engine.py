@@ -474,3 +474,17 @@ def test_a_full_disk_stops_with_a_clear_message_and_no_partial_file(small, tmp_p
     with pytest.raises(engine.StateWriteError, match=r"could not write .*\.best\.pt .*No space left.*MB free"):
         fit(fresh(), get_spec("vanilla_cnn"), small, config(epochs=1), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_compile_wraps_the_training_forward_and_is_recorded(small, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(engine.torch, "compile", lambda m: compiled.append(m) or m)
+    res = fit(fresh(), get_spec("vanilla_cnn"), small.subset({"train": 16, "val": 48, "test": 8}),
+              config(epochs=1, compile=True), tmp_path)
+    assert len(compiled) == 1 and res.settings["compile"] and res.settings["global_batch_size"] == 16
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_clearly(small, tmp_path):
+    with pytest.raises(ValueError, match="SyncBatchNorm runs on GPUs only"):
+        fit(fresh(), get_spec("vanilla_cnn"), small, config(epochs=1, sync_batchnorm=True), tmp_path,
+            dist=engine.Dist(0, 2))

@@ -190,8 +190,8 @@ def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -
     """Best single model and ensemble against the MedMNIST-recipe baseline, paired bootstrap on the test split.
 
     Recomputed from stored predictions, so the table checks the cards rather than repeating them."""
-    by_id = {c.id: c for c in cks}
-    base, best = by_id.get("medmnist_baseline"), best_single(cks)
+    by_id = {c.id: c for c in cks if c.has_predictions}
+    base, best = by_id.get("medmnist_baseline"), best_single(list(by_id.values()))
     if base is None or best is None:
         return []
     task = base.card.task
@@ -223,7 +223,8 @@ def limits_text(card: Card) -> list[str]:
            f"- {n_train} training images (the official split)."]
     if rare:
         out.append("- Labels whose AUC rests on very few positives (wide CIs; treat as anecdotal): " + ", ".join(rare)
-                   + ". Validation-chosen thresholds for them are especially unstable.")
+                   + f". Labels with fewer than {metrics.MIN_POSITIVES} validation positives get no operating threshold and "
+                   "no call.")
     if is_multilabel(card.task):
         out.append("- Accuracy is not informative here (always answering 'negative' scores above 0.9); "
                    "read AUC and sensitivity/specificity at the chosen thresholds.")
@@ -251,9 +252,27 @@ def split_arrays(preds: Mapping[str, np.ndarray], split: str, task: str) -> tupl
     return label_columns(np.asarray(preds[f"{split}_labels"]), task, probs.shape[1]), probs
 
 
-def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10) -> dict:
-    """Reliability bins and ECE of stored test predictions (all labels pooled, as in the cards)."""
-    return metrics.reliability(*split_arrays(preds, "test", task), n_bins)
+def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10, raw: bool = False) -> dict:
+    """Reliability bins and ECE of stored test predictions (all labels pooled, as in the cards): the served
+    (calibrated) probabilities, or with ``raw`` the models' own outputs (``test_raw_probs``, where stored)."""
+    y, p = split_arrays(preds, "test", task)
+    if raw:
+        p = np.asarray(preds.get("test_raw_probs", p))
+    return metrics.reliability(y, p, n_bins)
+
+
+def calibration_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
+    """Per model: test ECE of the raw outputs and of the served calibrated probabilities, and how it was fitted."""
+    rows = []
+    for ck in cks:
+        preds, cal = ck.predictions(), ck.card.calibration or {}
+        method = ({"platt": f"pos-weight prior + Platt (prior strength {cal.get('prior_strength', 0):g})",
+                   "temperature": f"temperature {cal.get('temperature', 1):.2f}"}.get(cal.get("kind"))
+                  or ("mean of calibrated members" if ck.card.members else "none"))
+        rows.append({"model": ck.id, "test_ece_raw": reliability_of(preds, ck.card.task, raw=True)["ece"],
+                     "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"], "calibration": method,
+                     "fitted_on": cal.get("fitted_on", "val" if ck.card.members else "")})
+    return rows
 
 
 LOCALISATION_COLUMNS = ["model", "subset", "cam_layer", "boxes", "no_localisation", "pointing", "chance",
@@ -310,7 +329,9 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None) -> Non
            "Every number in the tables of our models comes from this project's runs (stored predictions and cards);",
            "published numbers are in their own, labelled tables. AUC is MedMNIST's getAUC (mean per-label ROC AUC),",
            "with a 95 % bootstrap CI over test images; accuracy is MedMNIST's getACC (threshold 0.5, or argmax);",
-           "sensitivity/specificity are label means at each model's thresholds chosen on validation (Youden J).", ""]
+           "sensitivity/specificity are label means at each model's thresholds chosen on validation (Youden J), over",
+           f"the labels with at least {metrics.MIN_POSITIVES} validation positives (the others get no threshold and no "
+           "call). Probabilities are calibrated on validation (see Calibration).", ""]
     for name, cks in groups.items():
         first = cks[0].card
         d = first.dataset
@@ -328,6 +349,11 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None) -> Non
         if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)
+        out += ["### Calibration (test ECE, all labels pooled, 10 bins)", "",
+                "Fitted on the validation split; raw: the networks' own outputs"
+                + (" (BCE with a positive weight inflates every score)" if is_multilabel(first.task)
+                   else "") + "; calibrated: what the app serves and the tables above measure.", "",
+                markdown(calibration_rows([c for c in cks if c.has_predictions])), ""]
         out += ["### Data and its limits", "", *limits_text(first), "",
                 markdown(_prevalence_by_label(prevalence_rows(first))), ""]
         out += ["### Reproduce", "", "Commands (the cards' `rebuild_command`) and training minutes on this machine:",

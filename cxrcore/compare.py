@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import explain, metrics
+from . import explain, gate, metrics
+from .card import Card
 from .cards import training_data
 from .data import Box, Dataset
 from .task import is_multilabel
@@ -28,7 +29,7 @@ from .imaging import DecodedImage, Limits, decode, model_region, to_dataset_size
 from .inference import LoadedModel
 from .ood import features, load_for
 from .report import ENSEMBLE, CaseReport, ReportModel
-from .runs import val_thresholds
+from .runs import val_operating_points
 
 DEFAULT_THRESHOLD = 0.5
 DISPLAY_SIZE = 320  # px of the square the app draws images and CAMs at
@@ -48,12 +49,13 @@ class Case:
     source: str  # "upload" or "<dataset> test split"
     truth: list[str] | None = None  # the dataset's positive labels, known only for test-split images
     boxes: list[Box] = field(default_factory=list)  # NIH boxes on the models' centre square, as fractions of its side
+    colour_saturation: float = 0.0  # of the file before its grey conversion (gate.file_saturation); 0: grey
 
 
 def upload_case(data: bytes, name: str, limits: Limits, all_boxes: Mapping[str, list[Box]]) -> Case:
     """Decode an upload (raises imaging.ImageError with a readable message) and attach its NIH boxes, if any."""
     image = decode(data, name, limits)
-    return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape, all_boxes))
+    return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape, all_boxes), gate.file_saturation(data))
 
 
 def test_image_names(ds: Dataset) -> list[str]:
@@ -117,8 +119,9 @@ class Comparison:
     """One image read by several models: probabilities and thresholds as labels x columns (models, then ensemble)."""
 
     probs: pd.DataFrame
-    thresholds: pd.DataFrame
+    thresholds: pd.DataFrame  # NaN: no threshold, so no call (see :func:`metrics.operating_point`)
     members: list[str]  # the models averaged into the ensemble column
+    points: Mapping[str, Sequence[metrics.OperatingPoint]] = field(default_factory=dict)  # the evidence per column
 
     @property
     def models(self) -> list[str]:
@@ -126,18 +129,62 @@ class Comparison:
 
     @property
     def calls(self) -> pd.DataFrame:
-        """Positive calls: probability at or above the active threshold (the rule of report.is_positive)."""
+        """Positive calls: probability at or above the active threshold (the rule of report.is_positive); a label
+        without a threshold is never called."""
         return self.probs >= self.thresholds
 
+    @property
+    def no_call(self) -> pd.DataFrame:
+        """Cells without a threshold: the score is shown, no call is made."""
+        return self.thresholds.isna()
+
+    def label(self, column: str) -> str:
+        """What a column is, in words: a model id, or the live mean of the chosen models."""
+        return f"mean of {len(self.members)} selected" if column == ENSEMBLE else column
+
+    def scores(self, comparable: bool = False) -> pd.DataFrame:
+        """The calibrated probabilities, or (``comparable``) each column's score moved so its threshold sits at
+        0.5 (:func:`metrics.op_norm`): the same value means the same call in every cell; NaN where no call."""
+        if not comparable:
+            return self.probs
+        return pd.DataFrame(metrics.op_norm(self.probs.to_numpy(), self.thresholds.to_numpy()),
+                            index=self.probs.index, columns=self.probs.columns)
+
     def agreement(self) -> pd.DataFrame:
-        """Per label, how far the individual models disagree: SD and range of probabilities, and how calls split."""
-        p, c = self.probs[self.models], self.calls[self.models]
+        """Per label, how far the individual models disagree: SD and range of probabilities, and how calls split
+        (models that make no call for a label count neither way)."""
+        p, c, none = self.probs[self.models], self.calls[self.models], self.no_call[self.models]
         positive = c.sum(axis=1).astype(int)
+        negative = (~c & ~none).sum(axis=1).astype(int)
         return pd.DataFrame({
             "sd": p.std(axis=1, ddof=0), "range": p.max(axis=1) - p.min(axis=1),
-            "n_positive": positive, "n_negative": len(self.models) - positive,
-            "split": (positive > 0) & (positive < len(self.models)),
+            "n_positive": positive, "n_negative": negative, "n_no_call": none.sum(axis=1).astype(int),
+            "split": (positive > 0) & (negative > 0),
         })
+
+    def positive_calls(self) -> pd.DataFrame:
+        """Every positive call with the evidence behind its threshold on validation: sensitivity, specificity, PPV
+        and the positives they rest on."""
+        rows = []
+        for col in self.probs.columns:
+            for j, name in enumerate(self.probs.index):
+                if not self.calls.at[name, col]:
+                    continue
+                pt = self.points.get(col, [None] * len(self.probs))[j]
+                rows.append({"column": self.label(col), "label": name, "probability": self.probs.at[name, col],
+                             "threshold": self.thresholds.at[name, col],
+                             **{k: getattr(pt, k, None) for k in ("sensitivity", "specificity", "ppv", "positives")}})
+        return pd.DataFrame(rows, columns=["column", "label", "probability", "threshold", "sensitivity",
+                                           "specificity", "ppv", "positives"])
+
+    def not_estimable(self) -> dict[str, list[str]]:
+        """Per column, the labels it makes no call for and why (e.g. "Hernia: too few positives (n=1)")."""
+        out = {}
+        for col, pts in self.points.items():
+            why = [f"{name}: {p.reason}" for name, p in zip(self.probs.index, pts) if p.threshold is None]
+            if why:
+                out[self.label(col)] = why
+        return out
 
     def flat(self) -> pd.DataFrame:
         """One row per label for the CSV download: each column's probability, threshold and call, then agreement."""
@@ -145,16 +192,18 @@ class Comparison:
         for col in self.probs.columns:
             parts[f"{col}_prob"] = self.probs[col]
             parts[f"{col}_threshold"] = self.thresholds[col]
-            parts[f"{col}_call"] = self.calls[col].map({True: "positive", False: "negative"})
+            parts[f"{col}_call"] = np.where(self.no_call[col], "no call",
+                                            np.where(self.calls[col], "positive", "negative"))
         out = pd.concat([pd.DataFrame(parts), self.agreement()], axis=1)
         out.index.name = "label"
         return out.reset_index()
 
 
 def compare(probs: Mapping[str, Sequence[float]], thresholds: Mapping[str, Sequence[float]],
-            label_names: Sequence[str], ensemble_members: Sequence[str] = ()) -> Comparison:
-    """Build the comparison; with members, an ensemble column is their mean probability, called at
-    ``thresholds[ENSEMBLE]`` (see :func:`ensemble_thresholds`)."""
+            label_names: Sequence[str], ensemble_members: Sequence[str] = (),
+            points: Mapping[str, Sequence[metrics.OperatingPoint]] | None = None) -> Comparison:
+    """Build the comparison; with members, an ensemble column is the mean of their calibrated probabilities, called
+    at ``thresholds[ENSEMBLE]`` (see :func:`ensemble_points`); ``points``: the evidence behind each threshold."""
     n = len(label_names)
     cols = [c for c in probs if c != ENSEMBLE]
     for col in cols:
@@ -169,7 +218,7 @@ def compare(probs: Mapping[str, Sequence[float]], thresholds: Mapping[str, Seque
             raise ValueError(f"an ensemble column needs thresholds[{ENSEMBLE!r}] with {n} values")
         p[ENSEMBLE] = p[members].mean(axis=1)
         t[ENSEMBLE] = np.asarray(thresholds[ENSEMBLE], dtype=float)
-    return Comparison(p, t, members)
+    return Comparison(p, t, members, dict(points or {}))
 
 
 def top_label(probs: Sequence[float], label_names: Sequence[str]) -> str:
@@ -192,46 +241,62 @@ def predicted_by(comp: Comparison) -> list[str]:
 # ---- operating thresholds -------------------------------------------------------------------------------------------
 
 PRESETS = ("0.5", "Youden J", "Sensitivity ≥ 0.90", "Specificity ≥ 0.90", "Card (validation Youden J)")
+_PRESET_RULES = {"0.5": (metrics.FIXED, DEFAULT_THRESHOLD), "Youden J": (metrics.YOUDEN, None),
+                 "Sensitivity ≥ 0.90": (metrics.SENSITIVITY, 0.9), "Specificity ≥ 0.90": (metrics.SPECIFICITY, 0.9)}
 
 
-def card_thresholds(card: dict) -> np.ndarray:
-    """The validation-chosen thresholds stored in a card (0.5 where a card has none)."""
-    stored = card.get("thresholds", {}).get("youden_val")
-    return np.asarray(stored if stored else [DEFAULT_THRESHOLD] * len(card["label_names"]), dtype=float)
+def card_points(card: Card) -> list[metrics.OperatingPoint]:
+    """The validation-chosen operating points stored in a card, with their evidence; a card written before they
+    were stored makes no calls until ``train/calibrate.py`` has run on it."""
+    stored = (card.extra.get("operating_points") or {}).get("youden_val")
+    if not stored:
+        return [metrics.OperatingPoint(metrics.YOUDEN, None, None, 0, 0, reached=False,
+                                       reason="no operating point in the card (run train/calibrate.py)")
+                for _ in card.label_names]
+    return [metrics.OperatingPoint.from_dict(p) for p in stored]
 
 
-def active_thresholds(default: Sequence[float], label_names: Sequence[str],
-                      overrides: Mapping[str, float] | None = None) -> np.ndarray:
-    """The thresholds in force: ``default`` per label, replaced where the user set one (by label name)."""
-    out = np.asarray(default, dtype=float).copy()
+def points_in_force(default: Sequence[metrics.OperatingPoint], label_names: Sequence[str], y_val: np.ndarray,
+                    p_val: np.ndarray, overrides: Mapping[str, float] | None = None) -> list[metrics.OperatingPoint]:
+    """The operating points in force: ``default`` per label, replaced where the user set a threshold (by label name;
+    NaN: no call), used as set, with its validation evidence (``y_val``/``p_val``: one column per label)."""
+    out = list(default)
     for j, name in enumerate(label_names):
         if overrides and name in overrides:
-            out[j] = float(overrides[name])
+            value = float(overrides[name])
+            out[j] = (metrics.point_at(y_val[:, j], p_val[:, j], value) if np.isfinite(value)
+                      else replace(out[j], threshold=None, reason="no call: a preset without a threshold was applied"))
     return out
 
 
-def preset_thresholds(y_true: np.ndarray, y_score: np.ndarray, card_threshold: float) -> dict[str, float]:
-    """Every preset for one label, chosen on the given (labels, scores) of one split."""
-    return {
-        "0.5": DEFAULT_THRESHOLD,
-        "Youden J": metrics.threshold_youden(y_true, y_score),
-        "Sensitivity ≥ 0.90": metrics.threshold_for_sensitivity(y_true, y_score, 0.9),
-        "Specificity ≥ 0.90": metrics.threshold_for_specificity(y_true, y_score, 0.9),
-        "Card (validation Youden J)": float(card_threshold),
-    }
+def preset_points(y_true: np.ndarray, y_score: np.ndarray,
+                  card_point: metrics.OperatingPoint) -> dict[str, metrics.OperatingPoint]:
+    """Every preset for one label, chosen on the given (labels, scores) of one split, each with the positives it
+    rests on and, where it has none, why (too few positives, a target that cannot be reached, a refused value)."""
+    return {**{name: metrics.operating_point(y_true, y_score, rule, target)
+               for name, (rule, target) in _PRESET_RULES.items()}, "Card (validation Youden J)": card_point}
 
 
 def threshold_source(overrides: Mapping[str, Mapping[str, float]]) -> str:
     """Where the thresholds of a report came from, in one line: the cards, plus any the user changed."""
-    changed = [f"{model} {label}={value:.3f}" for model, per in overrides.items() for label, value in per.items()]
-    base = "validation Youden J per label (model cards)"
+    changed = [f"{model} {label}={'no call' if np.isnan(value) else f'{value:.3f}'}"
+               for model, per in overrides.items() for label, value in per.items()]
+    base = (f"validation Youden J per label (model cards), none where fewer than {metrics.MIN_POSITIVES} validation "
+            "positives")
     return f"{base}; set by the user: {', '.join(changed)}" if changed else base
+
+
+def expected_false_calls(y_val: np.ndarray, p_val: np.ndarray, thresholds: Sequence[float], task: str) -> float:
+    """Expected false calls per normal film at these thresholds, measured on the validation films without a
+    finding (multi-label), or per film of any kind (single-label tasks, where every film has a class)."""
+    return metrics.false_calls_per_film(y_val, p_val, np.asarray(thresholds, dtype=float), is_multilabel(task))
 
 
 # ---- the ensemble column -------------------------------------------------------------------------------------------
 
 def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stored predictions of the mean-probability ensemble of members evaluated on the same images."""
+    """Stored predictions of the ensemble of members evaluated on the same images: the mean of their stored
+    (calibrated) probabilities."""
     if not preds:
         raise ValueError("an ensemble needs at least one member")
     out = {}
@@ -245,10 +310,11 @@ def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str,
     return out
 
 
-def ensemble_thresholds(ensemble_preds: Mapping[str, np.ndarray], task: str) -> np.ndarray:
-    """Thresholds of the ensemble column: Youden J per label on the mean of the members' stored *validation*
-    probabilities, the same rule that chose each member's card thresholds, so no test image influences a call."""
-    return np.asarray(val_thresholds(ensemble_preds["val_labels"], ensemble_preds["val_probs"], task), dtype=float)
+def ensemble_points(ensemble_preds: Mapping[str, np.ndarray], task: str) -> list[metrics.OperatingPoint]:
+    """Operating points of the ensemble column: Youden J per label on the mean of the members' stored calibrated
+    *validation* probabilities, by the same rule (and evidence) that chose each member's, so no test image
+    influences a call."""
+    return val_operating_points(ensemble_preds["val_labels"], ensemble_preds["val_probs"], task)
 
 
 # ---- Grad-CAM and NIH boxes -----------------------------------------------------------------------------------------
@@ -326,10 +392,20 @@ def cam_caption(title: str, cam: explain.CamResult, boxes: Sequence[Box] = ()) -
 
 # ---- out-of-distribution warning ------------------------------------------------------------------------------------
 
-def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray) -> str | None:
-    """A warning when the image does not look like the training X-rays, judged by the first model with a usable
-    ``ood.json``; None when it looks fine or no model has a detector (a broken one is logged and skipped: the warning
-    is advisory and must not stop the comparison)."""
+def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: float = 0.0,
+                chest_gate: gate.Gate | None = None) -> str | None:
+    """A warning naming every check the image fails, None when it passes them all.
+
+    On chest X-ray tasks the chest-film gate (``chest_gate``, default the shipped one) checks colour, orientation,
+    inversion, "is it a chest film at all" and the population (adult / paediatric) of the task; then the first model
+    with a usable ``ood.json`` checks the distance from its training films. A detector that cannot be read or is
+    refused is logged and skipped: the warning is advisory and must not stop the comparison."""
+    models = list(models)
+    fired: list[str] = []
+    pop = gate.population(models[0].card.dataset.name) if models else None
+    chest_gate = chest_gate or (gate.shipped() if pop else None)
+    if pop and chest_gate is not None:
+        fired += [f"{f.check}: {f.detail}" for f in chest_gate.check(pixels, pop, saturation)]
     for m in models:
         try:
             detector = load_for(m)
@@ -339,30 +415,33 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray) -> str | None
         except (ValueError, TypeError, OSError) as exc:
             log.warning("skipping %s's out-of-distribution detector: %s", m.id, exc)
             continue
-        if score <= detector.threshold:
-            return None
-        return (f"This image does not look like the frontal chest X-rays the models were trained on (distance "
-                f"{score:.1f} > {detector.threshold:.1f}, judged by {m.id}); read the probabilities with caution.")
-    return None
+        if score > detector.threshold:
+            fired.append(f"unlike the training films: {m.id}'s feature distance {score:.1f} > {detector.threshold:.1f}")
+        break
+    if not fired:
+        return None
+    return ("This image may not be a frontal chest X-ray like the ones these models were trained on. Checks that "
+            f"fired: {'; '.join(fired)}. Read the results with caution.")
 
 
 # ---- the PDF case report --------------------------------------------------------------------------------------------
 
-def report_model(card: dict) -> ReportModel:
+def report_model(card: Card) -> ReportModel:
     """Provenance of one model for the report."""
-    init = card["init"]
-    return ReportModel(card["id"], card.get("arch", ""), f"{init.get('kind')}: {init.get('source', '')}".strip(": "),
-                       training_data(card), card["metrics"]["test"].get("auc_macro"), card.get("weights_sha256"))
+    return ReportModel(card.id, card.arch, f"{card.init.kind}: {card.init.source}".strip(": "),
+                       training_data(card), card.metrics.test.auc_macro, card.weights_sha256)
 
 
-def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards: Sequence[dict], source: str,
+def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards: Sequence[Card], source: str,
                 cams: Sequence[tuple[str, np.ndarray]] = (), ood: str | None = None, created: str = "") -> CaseReport:
-    """The comparison as the report's plain data (model ids as columns, the ensemble last when present)."""
+    """The comparison as the report's plain data: model ids as columns, then the live mean, headed as the page heads
+    it ("mean of N selected"); a label without a threshold prints n/a and no call."""
     cols = list(comparison.probs.columns)
     return CaseReport(
-        image=image, filename=filename, label_names=list(comparison.probs.index), model_ids=comparison.models,
-        probs={c: comparison.probs[c].tolist() for c in cols},
-        thresholds={c: comparison.thresholds[c].tolist() for c in cols},
+        image=image, filename=filename, label_names=list(comparison.probs.index),
+        model_ids=[comparison.label(c) for c in cols],
+        probs={comparison.label(c): comparison.probs[c].tolist() for c in cols},
+        thresholds={comparison.label(c): comparison.thresholds[c].tolist() for c in cols},
         threshold_source=source, models=[report_model(c) for c in cards], cams=list(cams), ood_warning=ood,
         created=created,
     )

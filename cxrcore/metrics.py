@@ -6,7 +6,7 @@ mean element-wise accuracy at 0.5, binary/multi-class use the positive-class col
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -80,7 +80,11 @@ def _ratio(a: float, b: float) -> float:
 
 
 def binary_stats(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Sensitivity, specificity, PPV, NPV, F1 and accuracy of one label at a threshold (NaN when undefined)."""
+    """Sensitivity, specificity, PPV, NPV, F1 and accuracy of one label at a threshold (NaN when undefined, and
+    every statistic NaN at a NaN threshold: no call is made, so nothing is measured)."""
+    if not np.isfinite(threshold):
+        return {k: float("nan") for k in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
+                                          "tp", "fp", "tn", "fn")}
     c = confusion(y_true, y_score, threshold)
     sens, ppv = _ratio(c.tp, c.tp + c.fn), _ratio(c.tp, c.tp + c.fp)
     f1 = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)
@@ -101,11 +105,14 @@ def macro_sens_spec(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndar
     y_true, y_score = _as2d(y_true), _as2d(y_score)
     th = np.broadcast_to(np.asarray(thresholds, dtype=float), (y_true.shape[1],))
     stats = [binary_stats(y_true[:, j], y_score[:, j], th[j]) for j in range(y_true.shape[1])]
+    if all(np.isnan(s["sensitivity"]) for s in stats):
+        return float("nan"), float("nan")
     return float(np.nanmean([s["sensitivity"] for s in stats])), float(np.nanmean([s["specificity"] for s in stats]))
 
 
 def threshold_youden(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """Threshold maximising Youden's J = sensitivity + specificity - 1 (0.5 if the label has one class only)."""
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (0.5 if the label has one class only), with
+    no evidence rule: the app's rule before :func:`operating_point`, kept to measure what that rule did."""
     y_true = np.asarray(y_true).ravel()
     if y_true.min() == y_true.max():
         return 0.5
@@ -114,25 +121,121 @@ def threshold_youden(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(min(thr[i], 1.0))
 
 
-def threshold_for_sensitivity(y_true: np.ndarray, y_score: np.ndarray, target: float = 0.9) -> float:
-    """Highest threshold whose sensitivity reaches ``target`` (so specificity is as high as it can be)."""
-    y_true = np.asarray(y_true).ravel()
-    if y_true.sum() == 0:
-        return 0.5
-    # every distinct score, not just the ROC corners: a dropped point can be the highest threshold reaching the target
-    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel(), drop_intermediate=False)
-    i = int(np.argmax(tpr >= target))
-    return float(min(thr[i], 1.0))
+# ---- operating thresholds with evidence ---------------------------------------------------------------------------
+
+MIN_POSITIVES = 10  # a threshold chosen on fewer held-out positives than this is noise (Pneumothorax: 4 -> sens 0.26-0.87)
+YOUDEN, SENSITIVITY, SPECIFICITY, FIXED = "youden", "sensitivity", "specificity", "fixed"
 
 
-def threshold_for_specificity(y_true: np.ndarray, y_score: np.ndarray, target: float = 0.9) -> float:
-    """Lowest threshold whose specificity still reaches ``target`` (so sensitivity is as high as it can be)."""
-    y_true = np.asarray(y_true).ravel()
-    if y_true.sum() == len(y_true):
-        return 0.5
-    fpr, tpr, thr = roc_curve(y_true, np.asarray(y_score).ravel(), drop_intermediate=False)
-    ok = np.flatnonzero(1 - fpr >= target)
-    return float(min(thr[ok[-1]], 1.0))
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A label's threshold and the evidence behind it, on the split it was chosen on: ``threshold`` is None when no
+    call can be made (``reason`` says why); ``reached`` is False when a target rule could not meet its target."""
+
+    rule: str
+    target: float | None
+    threshold: float | None
+    positives: int
+    negatives: int
+    sensitivity: float | None = None
+    specificity: float | None = None
+    ppv: float | None = None
+    reached: bool = True
+    reason: str | None = None
+
+    @property
+    def value(self) -> float:
+        """The threshold as a number for calls: NaN when none (a NaN threshold makes no call)."""
+        return float("nan") if self.threshold is None else self.threshold
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OperatingPoint":
+        return cls(**d)
+
+
+def threshold_refusal(threshold: float, y_score: np.ndarray) -> str | None:
+    """Why a threshold cannot be used, or None: 0 or 1 (every or no image called), or outside the observed scores
+    (it would call all or none of the images it was chosen on)."""
+    s = np.asarray(y_score, dtype=float).ravel()
+    if not np.isfinite(threshold) or threshold <= 0 or threshold >= 1:
+        return f"threshold {threshold:.3g} is at or beyond 0 or 1"
+    if threshold > s.max():
+        return f"threshold {threshold:.3g} is above every observed score (max {s.max():.3g}): it would never call"
+    if threshold <= s.min():
+        return f"threshold {threshold:.3g} is at or below every observed score (min {s.min():.3g}): it would call all"
+    return None
+
+
+def _candidate(y_true: np.ndarray, y_score: np.ndarray, rule: str, target: float | None) -> tuple[float, bool]:
+    """The threshold a rule picks (possibly one to refuse) and whether its target is met there."""
+    if rule == FIXED:
+        return float(target), True
+    fpr, tpr, thr = roc_curve(y_true, y_score, drop_intermediate=False)
+    thr = np.where(np.isfinite(thr), thr, np.inf)
+    if rule == YOUDEN:
+        return float(thr[int(np.argmax(tpr - fpr))]), True
+    if rule == SENSITIVITY:
+        ok = np.flatnonzero(tpr >= target)
+        return float(thr[ok[0]]), True  # tpr reaches 1 at the lowest positive score, so some threshold always does
+    if rule == SPECIFICITY:
+        ok = np.flatnonzero((1 - fpr >= target) & np.isfinite(thr))
+        return (float(thr[ok[-1]]), True) if len(ok) else (float("inf"), False)
+    raise ValueError(f"unknown threshold rule {rule!r}")
+
+
+def operating_point(y_true: np.ndarray, y_score: np.ndarray, rule: str = YOUDEN, target: float | None = None,
+                    min_positives: int = MIN_POSITIVES) -> OperatingPoint:
+    """A label's threshold by ``rule`` (Youden J, lowest sensitivity >= target, specificity >= target, or a fixed
+    value) with its sensitivity, specificity and PPV on the same data, refused with a reason when it rests on fewer
+    than ``min_positives`` positives (a fixed threshold is not estimated, so it needs none) or lies at 0, 1 or outside
+    the observed scores."""
+    y, s = np.asarray(y_true).ravel() > 0.5, np.asarray(y_score, dtype=float).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    base = dict(rule=rule, target=target, positives=n_pos, negatives=n_neg)
+    if rule != FIXED and (n_pos < min_positives or n_neg == 0):
+        why = f"too few positives (n={n_pos})" if n_pos < min_positives else "no negatives"
+        return OperatingPoint(threshold=None, reached=False, reason=why, **base)
+    threshold, reached = _candidate(y, s, rule, target)
+    refusal = threshold_refusal(threshold, s)
+    if refusal:
+        return OperatingPoint(threshold=None, reached=False,
+                              reason=refusal if reached else f"target {target:.2f} cannot be reached", **base)
+    return replace(point_at(y, s, threshold, rule, target), reached=reached)
+
+
+def point_at(y_true: np.ndarray, y_score: np.ndarray, threshold: float, rule: str = FIXED,
+             target: float | None = None) -> OperatingPoint:
+    """The evidence at a given threshold, used as given (a user's choice): sensitivity, specificity and PPV on
+    (``y_true``, ``y_score``) and the positives behind them; see :func:`threshold_refusal` for whether data supports
+    it."""
+    y = np.asarray(y_true).ravel() > 0.5
+    st = binary_stats(y, y_score, threshold)
+    return OperatingPoint(rule, target, float(threshold), int(y.sum()), int((~y).sum()), st["sensitivity"],
+                          st["specificity"], None if np.isnan(st["ppv"]) else st["ppv"])
+
+
+def op_norm(y_score: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
+    """Scores rescaled piecewise linearly so each column's threshold sits at 0.5 (torchxrayvision's ``op_norm``):
+    [0, t] -> [0, 0.5], [t, 1] -> [0.5, 1], so a value means the same call in every column; NaN where there is no
+    threshold."""
+    p = np.asarray(y_score, dtype=float)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=float), p.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(p < t, p / (2 * t), 1 - (1 - p) / (2 * (1 - t)))
+    return np.where(np.isfinite(t), out, np.nan)
+
+
+def false_calls_per_film(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray,
+                         normal_only: bool = True) -> float:
+    """Mean number of false positive calls per film at per-label thresholds (NaN: no call), over the films with no
+    positive label (``normal_only``) or over all films: what a reader should expect on a normal film."""
+    y, p = _as2d(y_true) > 0.5, _as2d(y_score)
+    calls = p >= np.asarray(thresholds, dtype=float)[None, :]  # NaN compares False: no call
+    rows = ~y.any(1) if normal_only else np.ones(len(y), bool)
+    return float((calls & ~y)[rows].sum(1).mean()) if rows.any() else float("nan")
 
 
 def exact_match_ratio(y_true: np.ndarray, y_score: np.ndarray, threshold: float | np.ndarray = 0.5) -> float:
@@ -177,7 +280,6 @@ def bootstrap_ci(
 # One sort per label, then every resample at once as a row of draw counts (a weighted Mann-Whitney U), so 1000
 # resamples of a 22,433 x 14 split take seconds instead of a Python loop over 1000 AUC calls.
 
-MIN_POSITIVES = 10  # fewer positives than this: a per-label AUC or threshold is noise
 BOOTSTRAP_CHUNK = 64  # resamples per block of counts: (64, n) float64, 11 MB at n = 22,433
 
 
@@ -420,7 +522,8 @@ def summarize(
     n_boot: int = 1000,
     groups: np.ndarray | None = None,
 ) -> dict:
-    """Everything a model card stores for one split: macro metrics with CIs and per-label metrics at thresholds.
+    """Everything a model card stores for one split: macro metrics with CIs and per-label metrics at thresholds;
+    a multi-class task adds :func:`multiclass_summary` (argmax calls, confusion matrix).
 
     The CIs resample patients when ``groups`` gives each image's patient (images otherwise), under the fixed-label-set
     rule of :class:`AucIntervals` (``auc_macro_ci_bootstrap`` says what was resampled and how many resamples were
@@ -434,11 +537,14 @@ def summarize(
     auc = get_auc(y_true, y_score, task)
     ci = auc_intervals(y_true, y_score, task, n_boot, groups=groups)
     per_ci = ci if task == TASK_MULTILABEL else auc_intervals(y_cols, y_score, TASK_MULTILABEL, n_boot, groups=groups)
-    sens, spec = macro_sens_spec(y_cols, y_score, th)
+    sens, spec = macro_sens_spec(y_cols, y_score, th)  # over labels with a threshold (NaN: no call)
+    has = np.isfinite(th)
     per_auc = auc_per_label(y_cols, y_score)
     per_label = {}
     for j, name in enumerate(label_names):
         st = binary_stats(y_cols[:, j], y_score[:, j], th[j])
+        if not np.isfinite(th[j]):  # no call: no threshold and no counts (null in the card), rates NaN
+            st.update({k: None for k in ("threshold", "tp", "fp", "tn", "fn")})
         st["positives"] = int(y_cols[:, j].sum())
         st["too_few"] = st["positives"] < MIN_POSITIVES
         st["auc"] = None if st["too_few"] or np.isnan(per_auc[j]) else float(per_auc[j])
@@ -452,8 +558,8 @@ def summarize(
         "acc": get_acc(y_true, y_score, task),
         "sensitivity_macro": sens,
         "specificity_macro": spec,
-        "exact_match": exact_match_ratio(y_cols, y_score, th),
-        "hamming_loss": hamming_loss(y_cols, y_score, th),
+        "exact_match": exact_match_ratio(y_cols[:, has], y_score[:, has], th[has]) if has.any() else None,
+        "hamming_loss": hamming_loss(y_cols[:, has], y_score[:, has], th[has]) if has.any() else None,
         "ece": expected_calibration_error(y_cols, y_score),
         "per_label": per_label,
         **(multiclass_summary(y_true, y_score, list(label_names)) if kind_of(task) == "multi-class" else {}),

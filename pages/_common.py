@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASE, UPLOAD, UPLOAD_ERROR, THRESHOLDS = "case", "upload", "upload_error", "thresholds"
 NOTICE = "**Research tool, not a medical device.** Not for diagnosis or treatment decisions."
 POSITIVE_BG, NEGATIVE_BG = "rgba(230, 80, 60, 0.45)", "rgba(60, 170, 90, 0.18)"
+NO_CALL_STYLE = "color: rgba(160, 160, 160, 0.9); font-style: italic"  # a score without a threshold: no call
 ENSEMBLE_COLOR = "#f5c518"
 STAT_NAMES = {"threshold": "Threshold", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV",
               "npv": "NPV", "f1": "F1", "accuracy": "Accuracy"}
@@ -265,14 +266,14 @@ def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> expl
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _ood(sha256: str, root: str, dataset: str, _pixels: np.ndarray) -> str | None:
+def _ood(sha256: str, root: str, dataset: str, saturation: float, _pixels: np.ndarray) -> str | None:
     models = load_models(root, dataset)[0].values()
     with _model_lock():
-        return compare.ood_warning(models, _pixels)
+        return compare.ood_warning(models, _pixels, saturation)
 
 
 def ood(c: Case, sel: Selection) -> str | None:
-    return _ood(c.image.sha256, str(sel.root), sel.dataset, c.image.pixels)
+    return _ood(c.image.sha256, str(sel.root), sel.dataset, c.colour_saturation, c.image.pixels)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -315,23 +316,46 @@ def stored(sel: Selection, column: str) -> dict[str, np.ndarray]:
     return _stored(str(sel.root), sel.dataset, column, _members(sel, column))
 
 
-def default_thresholds(sel: Selection, column: str) -> np.ndarray:
-    """A column's thresholds before any user change: the card's, or for the ensemble Youden J on validation."""
+def default_points(sel: Selection, column: str) -> list[metrics.OperatingPoint]:
+    """A column's operating points before any user change: the card's, or for the live mean Youden J on the mean of
+    the chosen models' stored calibrated validation probabilities (none below the evidence rule)."""
     if column == ENSEMBLE:
-        return compare.ensemble_thresholds(stored(sel, ENSEMBLE), sel.task)
-    return compare.card_thresholds(sel.checkpoint(column).card)
+        return compare.ensemble_points(stored(sel, ENSEMBLE), sel.task)
+    return compare.card_points(sel.checkpoint(column).card)
+
+
+def points(sel: Selection) -> dict[str, list[metrics.OperatingPoint]]:
+    """The operating points in force for every column, with their validation evidence."""
+    changed = overrides(sel.dataset)
+    out = {}
+    for c in sel.columns:
+        default = default_points(sel, c)
+        if changed.get(c):
+            y, p = benchmarks.split_arrays(stored(sel, c), "val", sel.task)
+            default = compare.points_in_force(default, sel.label_names, y, p, changed[c])
+        out[c] = default
+    return out
 
 
 def thresholds(sel: Selection) -> dict[str, np.ndarray]:
-    """The thresholds in force for every column."""
-    changed = overrides(sel.dataset)
-    return {c: compare.active_thresholds(default_thresholds(sel, c), sel.label_names, changed.get(c))
-            for c in sel.columns}
+    """The thresholds in force for every column (NaN: no call)."""
+    return {c: np.array([p.value for p in pts]) for c, pts in points(sel).items()}
+
+
+def false_calls(sel: Selection, column: str, thresholds: np.ndarray) -> float:
+    """Expected false calls per normal film of a column at these thresholds, from its stored validation
+    predictions (NaN when it has none)."""
+    if column != ENSEMBLE and not sel.checkpoint(column).has_predictions:
+        return float("nan")
+    y, p = benchmarks.split_arrays(stored(sel, column), "val", sel.task)
+    return compare.expected_false_calls(y, p, thresholds, sel.task)
 
 
 def comparison(c: Case, sel: Selection) -> compare.Comparison:
     members = sel.ids if ENSEMBLE in sel.columns else []
-    return compare.compare(predictions(c, sel), thresholds(sel), sel.label_names, members)
+    pts = points(sel)
+    return compare.compare(predictions(c, sel), {k: [p.value for p in v] for k, v in pts.items()}, sel.label_names,
+                           members, pts)
 
 
 # ---- small layout helpers ------------------------------------------------------------------------------------------
@@ -395,15 +419,18 @@ def fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def call_style(comp: compare.Comparison, frame: pd.DataFrame) -> pd.io.formats.style.Styler:
-    """Shade probability cells by call (red: positive, green: negative) so calls read at a glance."""
-    calls = comp.calls
+def call_style(comp: compare.Comparison, frame: pd.DataFrame, greyed: bool = False) -> pd.io.formats.style.Styler:
+    """Shade probability cells by call (red: positive, green: negative, none: no call, in grey italics) so calls
+    read at a glance; ``greyed`` (an out-of-distribution image): every cell grey, no call shown."""
+    calls, none = comp.calls, comp.no_call
 
     def shade(col: pd.Series) -> list[str]:
+        if greyed:
+            return [NO_CALL_STYLE] * len(col)
         if col.name not in calls:
             return [""] * len(col)
-        return [f"background-color: {POSITIVE_BG if c else NEGATIVE_BG}; font-weight: {700 if c else 400}"
-                for c in calls[col.name]]
+        return [NO_CALL_STYLE if n else f"background-color: {POSITIVE_BG if c else NEGATIVE_BG}; "
+                f"font-weight: {700 if c else 400}" for c, n in zip(calls[col.name], none[col.name])]
 
     return frame.style.apply(shade).format(precision=2, na_rep="")
 

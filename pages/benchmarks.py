@@ -37,7 +37,13 @@ if multiclass:
                "the argmax calls.")
 else:
     st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at "
-               "0.5; sensitivity and specificity at each card's validation-chosen thresholds.")
+               "0.5; sensitivity and specificity at each card's validation-chosen thresholds, over the labels with "
+               "enough validation positives to have one.")
+stored_ensemble = next((c.card for c in cks if c.card.members), None)
+if stored_ensemble:
+    st.caption(f"**ensemble**: the stored ensemble, the mean calibrated probability of "
+               f"{', '.join(stored_ensemble.members)} (the {len(stored_ensemble.members)} shipped models with the best "
+               "validation AUC); not the live mean of the models chosen in the sidebar that Compare shows.")
 
 lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_macro,) * 2 for ck in cks))
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
@@ -85,17 +91,24 @@ with calibration:
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dot", color="grey"))
     palette = ui.colors(list(table.index))
     for ck in (c for c in cks if c.id in chosen and c.has_predictions):
-        rel = benchmarks.reliability_of(ui.card_predictions(ck.path), sel.task)
-        fig.add_trace(go.Scatter(x=rel["confidence"], y=rel["frequency"], mode="lines+markers",
-                                 name=f"{ck.id} (ECE {rel['ece']:.3f})", line=dict(color=palette[ck.id]),
-                                 customdata=rel["count"], hovertemplate="confidence %{x:.2f}, observed %{y:.2f}, "
-                                                                       "%{customdata} predictions<extra></extra>"))
+        for raw in (True, False):
+            rel = benchmarks.reliability_of(ui.card_predictions(ck.path), sel.task, raw=raw)
+            fig.add_trace(go.Scatter(
+                x=rel["confidence"], y=rel["frequency"], mode="lines+markers",
+                name=f"{ck.id} {'raw' if raw else 'calibrated'} (ECE {rel['ece']:.3f})",
+                line=dict(color=palette[ck.id], dash="dot" if raw else "solid"), opacity=0.5 if raw else 1.0,
+                customdata=rel["count"], hovertemplate="confidence %{x:.2f}, observed %{y:.2f}, "
+                                                       "%{customdata} predictions<extra></extra>"))
     fig.update_layout(xaxis=dict(title="mean predicted probability", range=[0, 1]),
                       yaxis=dict(title="observed frequency", range=[0, 1]), height=460,
                       margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="reliability_chart")
     st.caption("Reliability diagram on the test split, all labels pooled, 10 equal-width bins; the diagonal is "
-               "perfect calibration. ECE: expected calibration error.")
+               "perfect calibration. Dotted: the networks' raw outputs; solid: the calibrated probabilities the app "
+               "serves (fitted on validation). ECE: expected calibration error.")
+    st.dataframe(pd.DataFrame(benchmarks.calibration_rows([c for c in cks if c.has_predictions])).set_index("model"),
+                 column_config={"test_ece_raw": num("Test ECE raw", format="%.3f"),
+                                "test_ece_calibrated": num("Test ECE calibrated", format="%.3f")})
 
 with confusion:
     if not multiclass:

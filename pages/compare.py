@@ -12,10 +12,10 @@ from cxrcore.task import kind_of
 from pages import _common as ui
 
 
-def probability_chart(comp: compare.Comparison) -> go.Figure:
+def probability_chart(comp: compare.Comparison, comparable: bool) -> go.Figure:
     """Each label a row; each model a dot (filled when it calls positive); the grey bar spans the models' range."""
     labels = list(comp.probs.index)[::-1]
-    probs, calls = comp.probs.loc[labels], comp.calls.loc[labels]
+    probs, calls = comp.scores(comparable).loc[labels], comp.calls.loc[labels]
     fig, palette = go.Figure(), ui.colors(list(comp.probs.columns))
     fig.add_trace(go.Bar(y=labels, x=probs[comp.models].max(axis=1) - probs[comp.models].min(axis=1),
                          base=probs[comp.models].min(axis=1), orientation="h", marker_color="rgba(150,150,150,0.25)",
@@ -23,12 +23,13 @@ def probability_chart(comp: compare.Comparison) -> go.Figure:
     for col in comp.probs.columns:
         is_ens = col == ENSEMBLE
         fig.add_trace(go.Scatter(
-            x=probs[col], y=labels, mode="markers", name=col,
+            x=probs[col], y=labels, mode="markers", name=comp.label(col),
             marker=dict(size=15 if is_ens else 10, symbol="diamond" if is_ens else "circle",
                         color=palette[col], opacity=[1.0 if c else 0.35 for c in calls[col]]),
             customdata=comp.thresholds.loc[labels, col],
-            hovertemplate=f"{col}<br>%{{y}}: p=%{{x:.3f}} (threshold %{{customdata:.3f}})<extra></extra>"))
-    fig.update_layout(height=120 + 26 * len(labels), xaxis=dict(range=[0, 1], title="probability"),
+            hovertemplate=f"{comp.label(col)}<br>%{{y}}: %{{x:.3f}} (threshold %{{customdata:.3f}})<extra></extra>"))
+    fig.update_layout(height=120 + 26 * len(labels), xaxis=dict(range=[0, 1], title="comparable score (threshold "
+                      "at 0.5)" if comparable else "calibrated probability"),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom"), margin=dict(l=10, r=10, t=40, b=10),
                       barmode="overlay")
     return fig
@@ -57,6 +58,7 @@ ui.header("Compare", "Upload a chest X-ray to see how each model reads it: proba
           "model's operating threshold, and where the models disagree.", sel)
 ui.need_models(sel)
 
+banner = st.container()  # the out-of-distribution warning goes here: above the results, never below the fold
 left, right = st.columns([2, 5], gap="large")
 with left:
     ui.image_input(sel)
@@ -83,9 +85,10 @@ with left:
     if image.metadata:
         with st.expander("DICOM header (non-identifying)"):
             st.table(pd.Series({k: ui.plain(v) for k, v in image.metadata.items()}, name="value"))
-    warning = ui.ood(case, sel)
-    if warning:
-        st.warning(warning, icon=":material/warning:")
+warning = ui.ood(case, sel)
+if warning:
+    banner.warning(f"**Out-of-distribution warning.** {warning} The results below are greyed out.",
+                 icon=":material/warning:")
 
 comp = ui.comparison(case, sel)
 agree = comp.agreement()
@@ -93,42 +96,74 @@ calls = comp.calls
 lead = ENSEMBLE if ENSEMBLE in comp.probs else comp.models[0]
 
 with right:
+    comparable = st.toggle("Comparable score (each model's threshold at 0.5)", key="comparable",
+                           help="Rescales each cell piecewise linearly so its model's operating threshold sits at 0.5 "
+                                "(as torchxrayvision's op_norm): the same number and colour mean the same call in "
+                                "every cell. Off: calibrated probabilities.")
+    scores = comp.scores(comparable)
     a, b, c = st.columns(3)
     a.metric("Models", len(comp.models), border=True)
-    b.metric(f"Positive labels ({lead})", int(calls[lead].sum()), border=True)
+    false_calls = ui.false_calls(sel, lead, comp.thresholds[lead])
+    b.metric(f"False calls per normal film ({comp.label(lead)})", ui.fmt(false_calls, 2), border=True,
+             help="Expected at these thresholds, whatever this film shows: the mean number of positive calls on the "
+                  "validation films without any finding. Read each call with its PPV below.")
     c.metric("Labels where models split", int(agree["split"].sum()), border=True,
-             help="At least one model calls the label positive and at least one negative.")
+             help="At least one model calls the label positive and at least one negative (no call counts neither).")
     table = pd.DataFrame(index=comp.probs.index)  # what to read first, then one column per model
     if case.truth is not None:
         table["Truth"] = ["✓" if label in case.truth else "" for label in table.index]
     if ENSEMBLE in comp.probs:
-        table[ENSEMBLE] = comp.probs[ENSEMBLE]
+        table[ENSEMBLE] = scores[ENSEMBLE]
     if len(comp.models) > 1:
-        table["Votes +"] = [f"{p}/{len(comp.models)}" for p in agree["n_positive"]]
+        table["Votes +"] = [f"{p}/{p + n}" for p, n in zip(agree["n_positive"], agree["n_negative"])]
         table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
         table["SD"] = agree["sd"]
-    table = table.join(comp.probs[comp.models])
+    table = table.join(scores[comp.models])
     multiclass = kind_of(sel.task) == "multi-class"
     if multiclass:  # one of several classes per image: each model's prediction is its most probable class
         table.insert(int("Truth" in table), "Predicted by", compare.predicted_by(comp))
-    st.dataframe(ui.call_style(comp, table), height=38 + 35 * len(table), width="stretch", column_config={
+    if warning:
+        st.caption("**Greyed out: this image failed the out-of-distribution checks above**, so no cell is coloured "
+                   "as a call; the numbers are shown for reference only.")
+    st.dataframe(ui.call_style(comp, table, greyed=bool(warning)), height=38 + 35 * len(table), width="stretch", column_config={
         "_index": st.column_config.TextColumn("Label", width="medium", pinned=True),
-        "SD": st.column_config.NumberColumn(help="Spread (standard deviation) of the models' probabilities"),
-        "Votes +": st.column_config.TextColumn(help="Models calling the label positive"),
+        ENSEMBLE: st.column_config.NumberColumn(comp.label(ENSEMBLE), help="Live mean of the calibrated "
+                                                "probabilities of the models chosen in the sidebar: "
+                                                + ", ".join(comp.members)),
+        "SD": st.column_config.NumberColumn(help="Spread (standard deviation) of the models' calibrated probabilities"),
+        "Votes +": st.column_config.TextColumn(help="Models calling the label positive, of those making a call"),
         **{m: st.column_config.NumberColumn(width="small", help=m) for m in comp.models}})
     source = compare.threshold_source(ui.overrides(sel.dataset))
-    st.caption("Cells: probability. **Red, bold: positive call** (at or above the model's threshold); green: negative. "
-               f"Ensemble: mean of the chosen models. Thresholds: {source}.")
+    meaning = ("comparable score: 0.5 is the model's threshold" if comparable else
+               "calibrated probability (fitted on validation; raw scores overstated every finding)")
+    st.caption(f"Cells: {meaning}. **Red, bold: positive call** (at or above the model's threshold); green: negative; "
+               f"grey italics: no call (no threshold with enough evidence). {comp.label(ENSEMBLE)}: the live mean "
+               f"of the chosen models, not the stored ensemble of the Benchmarks page. Thresholds: {source}."
+               if ENSEMBLE in comp.probs else
+               f"Cells: {meaning}. **Red, bold: positive call**; green: negative; grey italics: no call. "
+               f"Thresholds: {source}.")
     if multiclass:
         predicted = compare.predicted_classes(comp)
-        st.markdown(f"**Predicted class ({lead}): {predicted[lead]}** (p={comp.probs.at[predicted[lead], lead]:.2f}); "
-                    f"each model's probabilities over the {len(comp.probs)} classes sum to 1.")
+        st.markdown(f"**Predicted class ({comp.label(lead)}): {predicted[lead]}** "
+                    f"(p={comp.probs.at[predicted[lead], lead]:.2f}); each model's probabilities over the "
+                    f"{len(comp.probs)} classes sum to 1.")
+    positives = comp.positive_calls()
+    if len(positives):
+        st.markdown("**Each positive call and the evidence behind its threshold (validation split)**")
+        num = st.column_config.NumberColumn
+        st.dataframe(positives, hide_index=True, width="stretch", column_config={
+            "probability": num("Calibrated p", format="%.2f"), "threshold": num("Threshold", format="%.3f"),
+            "sensitivity": num("Sensitivity", format="%.2f"), "specificity": num("Specificity", format="%.2f"),
+            "ppv": num("PPV", format="%.2f", help="Share of validation calls at this threshold that were right"),
+            "positives": num("Val positives", help="Positives the threshold and these rates rest on")})
+    for column, why in comp.not_estimable().items():
+        st.caption(f"No call, score shown only, for {column}: " + "; ".join(why) + ".")
 
 
-st.subheader("Probabilities by label")
-st.caption("Opaque markers: positive call; faded: negative. The grey bar spans the models' probabilities, so a long "
-           "bar means the models disagree.")
-st.plotly_chart(probability_chart(comp), config={"displayModeBar": False})
+st.subheader("Scores by label")
+st.caption("Opaque markers: positive call; faded: negative or no call. The grey bar spans the models' scores, so a "
+           "long bar means the models disagree.")
+st.plotly_chart(probability_chart(comp, comparable), config={"displayModeBar": False})
 
 st.subheader("Downloads")
 stem = Path(case.name).stem or "image"

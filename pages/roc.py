@@ -35,12 +35,14 @@ if not columns:
     st.stop()
 palette = ui.colors(columns)
 changed = ui.overrides(sel.dataset)
-defaults = {c: float(ui.default_thresholds(sel, c)[j]) for c in columns}
-in_force = ui.thresholds(sel)
-active = {c: float(in_force[c][j]) for c in columns}
+default_points = {c: ui.default_points(sel, c)[j] for c in columns}
+defaults = {c: p.value for c, p in default_points.items()}
+in_force = {c: pts[j] for c, pts in ui.points(sel).items() if c in columns}
+active = {c: p.value for c, p in in_force.items()}
 test = {c: tuple(a[:, j] for a in benchmarks.split_arrays(ui.stored(sel, c), "test", sel.task)) for c in columns}
 fit = {c: tuple(a[:, j] for a in benchmarks.split_arrays(ui.stored(sel, c), fit_on, sel.task)) for c in columns}
-presets = {c: compare.preset_thresholds(*fit[c], defaults[c]) for c in columns}
+presets = {c: compare.preset_points(*fit[c], default_points[c]) for c in columns}
+val_scores = {c: benchmarks.split_arrays(ui.stored(sel, c), "val", sel.task)[1][:, j] for c in columns}
 stats = {c: metrics.binary_stats(*test[c], active[c]) for c in columns}
 at_default = {c: metrics.binary_stats(*test[c], defaults[c]) for c in columns}
 
@@ -54,13 +56,30 @@ def store(column: str) -> None:
 
 
 def apply(preset: str) -> None:
+    """Set every model's threshold to the preset; where the preset has none, the model makes no call (NaN)."""
     for c in columns:
-        changed.setdefault(c, {})[label] = st.session_state[slider_key(c)] = float(presets[c][preset])
+        point = presets[c][preset]
+        changed.setdefault(c, {})[label] = point.value
+        if point.threshold is not None:
+            st.session_state[slider_key(c)] = point.threshold
+
+
+def preset_cell(point: metrics.OperatingPoint) -> str:
+    """A preset in words: its threshold and the positives behind it, or why it has none."""
+    if point.threshold is None:
+        return f"no call: {point.reason}"
+    return f"{point.threshold:.3f} (n={point.positives} positives)"
 
 
 st.markdown(f"**Apply a preset to every model for {label}:**")
 for col, preset in zip(st.columns(len(compare.PRESETS)), compare.PRESETS):
     col.button(preset, key=f"preset::{preset}", on_click=apply, args=(preset,), width="stretch")
+split_name = {"val": "validation", "test": "test"}[fit_on]
+st.dataframe(pd.DataFrame({p: {c: preset_cell(presets[c][p]) for c in columns} for p in compare.PRESETS}),
+             width="stretch")
+st.caption(f"Each preset as chosen on the {split_name} split, with the positives it rests on. A threshold needs at "
+           f"least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the observed scores is refused; a target "
+           "that no usable threshold meets is reported. Where a preset has none, applying it makes no call.")
 
 
 def roc_figure() -> go.Figure:
@@ -121,9 +140,18 @@ for tab, c in zip(st.tabs(columns), columns):
     with tab:
         key = slider_key(c)
         if key not in st.session_state:
-            st.session_state[key] = active[c]
+            st.session_state[key] = active[c] if np.isfinite(active[c]) else 0.5
+        if not np.isfinite(active[c]):
+            st.warning(f"No call for {label}: {in_force[c].reason}. The Compare page shows the score and makes no "
+                       "call unless you set a threshold here.", icon=":material/block:")
+        elif (refusal := metrics.threshold_refusal(active[c], val_scores[c])) is not None:
+            st.warning(f"Set by hand, and outside what validation supports: {refusal}.", icon=":material/warning:")
+        else:
+            p = in_force[c]
+            st.caption(f"On validation at this threshold: sensitivity {ui.fmt(p.sensitivity, 2)}, specificity "
+                       f"{ui.fmt(p.specificity, 2)}, PPV {ui.fmt(p.ppv, 2)}, from {p.positives} positives.")
         st.slider(f"Threshold of {c} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key,
-                  on_change=store, args=(c,), help=f"Card / validation default: {defaults[c]:.3f}")
+                  on_change=store, args=(c,), help=f"Card / validation default: {ui.fmt(defaults[c])}")
         left, right = st.columns([3, 2])
         with left:
             cells = st.columns(3)
@@ -136,6 +164,8 @@ for tab, c in zip(st.tabs(columns), columns):
                                           help="Change: against the card's default threshold")
         with right:
             s = stats[c]
+            if not np.isfinite(active[c]):
+                continue
             fig = go.Figure(go.Heatmap(z=[[s["tp"], s["fn"]], [s["fp"], s["tn"]]], x=["called +", "called -"],
                                        y=[f"{label}", "no " + label], text=[[int(s["tp"]), int(s["fn"])],
                                                                            [int(s["fp"]), int(s["tn"])]],

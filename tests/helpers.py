@@ -10,8 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxrcore import checkpoints, metrics
+from cxrcore.card import Card
 from cxrcore.ood import OOD_FILE, OODModel
-from cxrcore.runs import build_ensemble, label_columns, val_thresholds
+from cxrcore.runs import build_ensemble, label_columns, served_outputs
 from cxrcore.zoo import get_spec, list_models
 
 NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -70,9 +71,9 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
     labels, task, size = TASKS[dataset]
     spec = get_spec(model_id)
     (y_val, p_val), (y_test, p_test) = _split(80, labels, task, seed), _split(120, labels, task, seed)
-    thresholds = val_thresholds(y_val, p_val, task)
-    block = {s: metrics.summarize(y, p, labels, task, thresholds, n_boot=20)
-             for s, (y, p) in {"val": (y_val, p_val), "test": (y_test, p_test)}.items()}
+    served = served_outputs({"val_probs": p_val, "val_labels": y_val, "test_probs": p_test, "test_labels": y_test},
+                            task, labels, None, n_boot=20)  # calibrated as runs.train_one does
+    block = dict(served.metrics)
     block["train_loss"], block["val_loss"] = 0.9, 0.95
     torch.manual_seed(seed)
     model = spec.build(len(labels), 1, spec.model_input_size(size))
@@ -89,15 +90,15 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
         "init": {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
         "hparams": {"lr": 1e-3, "batch_size": 32, "epochs": 3}, "epochs_run": 3, "best_epoch": 2,
         "params_total": n_params, "params_trainable": n_params, "train_seconds": 30.0, "seconds_per_epoch": 10.0,
-        "hardware": "test", "metrics": block, "thresholds": {"youden_val": thresholds},
+        "hardware": "test", "metrics": block, "thresholds": served.thresholds,
+        "calibration": served.calibration, "operating_points": served.operating_points,
         "versions": {}, "git_commit": None, "created": "2024-01-01T00:00:00+00:00",
         "rebuild_command": f"python train/run_all.py --models {model_id}",
     }
     history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.5 + e / 20,
                 "epoch_seconds": 10.0} for e in (1, 2, 3)]
     out = root / model_id if dataset == "nih14-local" else root / dataset / model_id
-    preds = {"val_probs": p_val, "val_labels": y_val, "test_probs": p_test, "test_labels": y_test}
-    card = checkpoints.save(out, model, card, preds, history)
+    card = checkpoints.save(out, model, Card.from_dict(card), served.predictions, history)
     if not ship:
         (out / checkpoints.WEIGHTS).unlink()
     return checkpoints.Checkpoint(out, card)
@@ -112,6 +113,8 @@ def fake_checkpoint_root(root: Path) -> Path:
     return root
 
 
-def write_ood(folder: Path, model_id: str, dim: int, threshold: float) -> None:
-    """An ``ood.json`` whose threshold decides the verdict: 0 flags every image, a huge one none."""
-    OODModel(model_id, [0.0] * dim, np.eye(4, dim).tolist(), [1.0] * 4, threshold, 99.0).save(folder / OOD_FILE)
+def write_ood(folder: Path, model_id: str, dim: int, flags: bool) -> None:
+    """A valid ``ood.json`` (threshold 5) that flags every image (its mean far from any feature) or none (its
+    variances so wide that every distance is about 0)."""
+    mean, var = ([1e3] * dim, [1.0] * 4) if flags else ([0.0] * dim, [1e12] * 4)
+    OODModel(model_id, mean, np.eye(4, dim).tolist(), var, 5.0, 99.0).save(folder / OOD_FILE)

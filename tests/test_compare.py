@@ -3,6 +3,7 @@ peaks, the out-of-distribution warning and the report data."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 from helpers import NIH14, dicom, fake_checkpoint, fake_checkpoint_root, write_ood
 from PIL import Image
 
-from cxrcore import compare, metrics
+from cxrcore import compare, gate, metrics
+from cxrcore.card import Card
 from cxrcore.checkpoints import find
 from cxrcore.compare import ENSEMBLE
 from cxrcore.data import Box, Dataset
@@ -18,7 +20,7 @@ from cxrcore.explain import CamResult, jet
 from cxrcore.imaging import ImageError, Limits, to_dataset_size, to_model_batch
 from cxrcore.inference import load_model
 from cxrcore.report import case_report_pdf
-from cxrcore.runs import val_thresholds
+from cxrcore.runs import val_operating_points
 
 LABELS = ["a", "b", "c"]
 
@@ -96,33 +98,77 @@ def test_top_label():
 
 # ---- thresholds ----------------------------------------------------------------------------------------------------
 
-def test_active_thresholds_replace_only_overridden_labels():
-    out = compare.active_thresholds([0.2, 0.4, 0.6], LABELS, {"b": 0.9})
-    np.testing.assert_allclose(out, [0.2, 0.9, 0.6])
-    np.testing.assert_allclose(compare.active_thresholds([0.2, 0.4, 0.6], LABELS, None), [0.2, 0.4, 0.6])
+def _points(values):
+    return [metrics.OperatingPoint(metrics.YOUDEN, None, v, 12, 60, 0.8, 0.7, 0.3) if v is not None else
+            metrics.OperatingPoint(metrics.YOUDEN, None, None, 4, 60, reached=False, reason="too few positives (n=4)")
+            for v in values]
 
 
-def test_card_thresholds_fall_back_to_half():
-    np.testing.assert_allclose(compare.card_thresholds({"label_names": LABELS}), [0.5] * 3)
-    card = {"label_names": LABELS, "thresholds": {"youden_val": [0.1, 0.2, 0.3]}}
-    np.testing.assert_allclose(compare.card_thresholds(card), [0.1, 0.2, 0.3])
+def test_points_in_force_replace_only_overridden_labels_and_measure_them_on_validation():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, (100, 3)).astype(float), rng.random((100, 3))
+    out = compare.points_in_force(_points([0.2, None, 0.6]), LABELS, y, p, {"b": 0.9, "c": float("nan")})
+    assert out[0].threshold == 0.2 and out[1].threshold == 0.9 and out[2].threshold is None
+    assert out[1].sensitivity == metrics.binary_stats(y[:, 1], p[:, 1], 0.9)["sensitivity"]
+    assert out[1].positives == int(y[:, 1].sum())
+    assert compare.points_in_force(_points([0.2, None, 0.6]), LABELS, y, p, None) == _points([0.2, None, 0.6])
 
 
-def test_presets_reach_their_targets_on_the_data_they_were_chosen_on():
+def test_a_label_without_a_threshold_makes_no_call_and_says_why():
+    pts = {"m1": _points([0.5, None, 0.5]), "m2": _points([0.5, 0.5, 0.5])}
+    comp = compare.compare({"m1": [0.9, 0.9, 0.1], "m2": [0.9, 0.9, 0.1]},
+                           {k: [p.value for p in v] for k, v in pts.items()}, LABELS, [], pts)
+    assert comp.calls["m1"].tolist() == [True, False, False] and comp.no_call["m1"].tolist() == [False, True, False]
+    assert comp.agreement().loc["b", "n_negative"] == 0 and not comp.agreement().loc["b", "split"]
+    assert comp.not_estimable() == {"m1": ["b: too few positives (n=4)"]}
+    assert comp.flat()["m1_call"].tolist() == ["positive", "no call", "negative"]
+    calls = comp.positive_calls()
+    assert len(calls) == 3 and set(calls["ppv"]) == {0.3} and set(calls["positives"]) == {12}
+
+
+def test_comparable_scores_put_every_threshold_at_half():
+    comp = compare.compare({"m1": [0.2, 0.05, 0.9], "m2": [0.6, 0.5, 0.1]},
+                           {"m1": [0.2, 0.1, float("nan")], "m2": [0.6, 0.4, 0.5]}, LABELS)
+    scores = comp.scores(comparable=True)
+    assert scores.loc["a"].tolist() == [0.5, 0.5] and np.isnan(scores.at["c", "m1"])
+    assert ((scores >= 0.5) == comp.calls)[~comp.no_call].all().all()
+    assert comp.scores().equals(comp.probs)
+
+
+def test_card_points_come_with_their_evidence(nih):
+    card = next(c for c in nih if c.id == "vanilla_cnn").card
+    pts = compare.card_points(card)
+    assert [p.threshold for p in pts] == card.thresholds["youden_val"]
+    assert all(p.positives >= metrics.MIN_POSITIVES for p in pts if p.threshold is not None)
+
+
+def test_presets_reach_their_targets_or_say_why_not():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
-    s = np.clip(rng.normal(0.4 + 0.2 * y, 0.15), 0, 1)
-    presets = compare.preset_thresholds(y, s, card_threshold=0.37)
+    s = np.clip(rng.normal(0.4 + 0.2 * y, 0.15), 0.01, 0.99)
+    card = _points([0.37])[0]
+    presets = compare.preset_points(y, s, card)
     assert list(presets) == list(compare.PRESETS)
-    assert presets["0.5"] == 0.5 and presets["Card (validation Youden J)"] == 0.37
-    assert metrics.binary_stats(y, s, presets["Sensitivity ≥ 0.90"])["sensitivity"] >= 0.9
-    assert metrics.binary_stats(y, s, presets["Specificity ≥ 0.90"])["specificity"] >= 0.9
-    assert presets["Youden J"] == metrics.threshold_youden(y, s)
+    assert presets["0.5"].threshold == 0.5 and presets["Card (validation Youden J)"] == card
+    assert metrics.binary_stats(y, s, presets["Sensitivity ≥ 0.90"].threshold)["sensitivity"] >= 0.9
+    assert metrics.binary_stats(y, s, presets["Specificity ≥ 0.90"].threshold)["specificity"] >= 0.9
+    assert all(p.positives == int(y.sum()) for p in presets.values() if p is not card)
+    few = compare.preset_points(np.r_[np.ones(9), np.zeros(100)], np.linspace(0.01, 0.99, 109), card)
+    assert all(few[k].threshold is None and few[k].reason == "too few positives (n=9)" for k in
+               ("Youden J", "Sensitivity ≥ 0.90", "Specificity ≥ 0.90"))
+    assert few["0.5"].threshold == 0.5  # a fixed value is not estimated, so it needs no positives
 
 
 def test_threshold_source_names_the_users_changes():
-    assert compare.threshold_source({}) == "validation Youden J per label (model cards)"
+    assert compare.threshold_source({}).startswith("validation Youden J per label (model cards)")
     assert "vanilla_cnn Mass=0.700" in compare.threshold_source({"vanilla_cnn": {"Mass": 0.7}})
+    assert "vanilla_cnn Mass=no call" in compare.threshold_source({"vanilla_cnn": {"Mass": float("nan")}})
+
+
+def test_expected_false_calls_are_measured_on_normal_validation_films():
+    y = np.array([[0, 0], [0, 0], [1, 1]], float)
+    p = np.array([[0.6, 0.1], [0.6, 0.6], [0.9, 0.9]])
+    assert compare.expected_false_calls(y, p, [0.5, 0.5], metrics.TASK_MULTILABEL) == 1.5
 
 
 # ---- the ensemble column -------------------------------------------------------------------------------------------
@@ -137,12 +183,16 @@ def test_ensemble_predictions_average_members_and_refuse_other_images(nih):
         compare.ensemble_predictions([shipped[0], other])
 
 
-def test_ensemble_thresholds_are_youden_on_validation_only(nih):
+def test_ensemble_points_are_youden_on_calibrated_validation_only(nih):
     ens = compare.ensemble_predictions([c.predictions() for c in nih])
-    thr = compare.ensemble_thresholds(ens, metrics.TASK_MULTILABEL)
-    np.testing.assert_allclose(thr, val_thresholds(ens["val_labels"], ens["val_probs"], metrics.TASK_MULTILABEL))
+    pts = compare.ensemble_points(ens, metrics.TASK_MULTILABEL)
+    assert pts == val_operating_points(ens["val_labels"], ens["val_probs"], metrics.TASK_MULTILABEL)
     shuffled = {**ens, "test_probs": ens["test_probs"][::-1]}
-    np.testing.assert_allclose(compare.ensemble_thresholds(shuffled, metrics.TASK_MULTILABEL), thr)
+    assert compare.ensemble_points(shuffled, metrics.TASK_MULTILABEL) == pts
+
+
+def test_the_live_mean_is_named_for_what_it_is():
+    assert three_models().label(ENSEMBLE) == "mean of 3 selected" and three_models().label("m1") == "m1"
 
 
 # ---- one image -----------------------------------------------------------------------------------------------------
@@ -246,13 +296,14 @@ def test_ood_warning_only_when_a_detector_flags_the_image(tmp_path):
     ck = fake_checkpoint(tmp_path, "vanilla_cnn")
     m = load_model(ck.path)
     pixels = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
-    assert compare.ood_warning([m], pixels) is None  # no ood.json: skipped silently
-    write_ood(ck.path, "vanilla_cnn", 128, threshold=0.0)
-    assert "does not look like" in compare.ood_warning([m], pixels)
-    write_ood(ck.path, "vanilla_cnn", 128, threshold=1e9)
-    assert compare.ood_warning([m], pixels) is None
-    write_ood(ck.path, "vanilla_cnn", 7, threshold=0.0)  # fitted on other features: skipped, not a crash
-    assert compare.ood_warning([m], pixels) is None
+    lenient = gate.Gate(gate.GateNet(), gate.Thresholds(1e-9, 1 - 1e-9, 1e-9, 0.99))  # a gate that never fires
+    assert compare.ood_warning([m], pixels, chest_gate=lenient) is None  # no ood.json: skipped silently
+    write_ood(ck.path, "vanilla_cnn", 128, flags=True)
+    assert "unlike the training films" in compare.ood_warning([m], pixels, chest_gate=lenient)
+    write_ood(ck.path, "vanilla_cnn", 128, flags=False)
+    assert compare.ood_warning([m], pixels, chest_gate=lenient) is None
+    write_ood(ck.path, "vanilla_cnn", 7, flags=True)  # fitted on other features: skipped, not a crash
+    assert compare.ood_warning([m], pixels, chest_gate=lenient) is None
 
 
 # ---- the PDF report ------------------------------------------------------------------------------------------------
@@ -264,7 +315,8 @@ def test_case_report_renders_with_models_then_ensemble(nih):
     cards = [c.card for c in nih if c.id in comp.models]
     rep = compare.case_report(comp, np.zeros((64, 64), np.uint8), "x.png", cards, "cards",
                               [("vanilla_cnn: Mass", np.zeros((32, 32, 3), np.uint8))], None, "now")
-    assert rep.model_ids == ["vanilla_cnn", "vit_scratch"] and rep.probs[ENSEMBLE] == [0.4] * 14
+    assert rep.model_ids == ["vanilla_cnn", "vit_scratch", "mean of 2 selected"]
+    assert rep.probs["mean of 2 selected"] == [0.4] * 14
     assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
     assert case_report_pdf(rep).startswith(b"%PDF")
 

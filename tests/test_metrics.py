@@ -167,32 +167,31 @@ def test_youden_threshold_maximises_j(case):
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
 @pytest.mark.parametrize("case", range(12))
-def test_threshold_for_sensitivity_is_the_highest_reaching_the_target(case, target):
+def test_sensitivity_preset_is_the_highest_threshold_reaching_the_target(case, target):
     y, s = list(label_cases())[case]
-    th = metrics.threshold_for_sensitivity(y, s, target)
-    assert metrics.binary_stats(y, s, th)["sensitivity"] >= target
+    point = metrics.operating_point(y, s, metrics.SENSITIVITY, target, min_positives=1)
     reaching = [t for t in candidates(s) if metrics.binary_stats(y, s, t)["sensitivity"] >= target]
-    assert th == pytest.approx(max(reaching))
+    if point.threshold is None:  # refused: only calling every image reaches the target
+        assert metrics.threshold_refusal(max(reaching), s) is not None and point.reason
+    else:
+        assert point.sensitivity >= target and point.threshold == pytest.approx(max(reaching))
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95])
 @pytest.mark.parametrize("case", range(12))
-def test_threshold_for_specificity_is_the_lowest_reaching_the_target(case, target):
+def test_specificity_preset_is_the_lowest_threshold_reaching_the_target(case, target):
     y, s = list(label_cases())[case]
-    th = metrics.threshold_for_specificity(y, s, target)
-    assert metrics.binary_stats(y, s, th)["specificity"] >= target
+    point = metrics.operating_point(y, s, metrics.SPECIFICITY, target, min_positives=1)
     reaching = [t for t in candidates(s) if metrics.binary_stats(y, s, t)["specificity"] >= target]
-    assert th == pytest.approx(min(reaching))
+    if point.threshold is None:
+        assert not reaching or metrics.threshold_refusal(min(reaching), s) is not None
+    else:
+        assert point.specificity >= target and point.threshold == pytest.approx(min(reaching))
 
 
-@pytest.mark.parametrize("fn", [metrics.threshold_youden, metrics.threshold_for_sensitivity,
-                                metrics.threshold_for_specificity])
-def test_thresholds_fall_back_to_half_for_a_label_without_both_classes(fn):
+def test_youden_falls_back_to_half_for_a_label_without_both_classes():
     s = np.linspace(0, 1, 10)
-    if fn is not metrics.threshold_for_specificity:
-        assert fn(np.zeros(10), s) == 0.5
-    if fn is not metrics.threshold_for_sensitivity:
-        assert fn(np.ones(10), s) == 0.5
+    assert metrics.threshold_youden(np.zeros(10), s) == 0.5 and metrics.threshold_youden(np.ones(10), s) == 0.5
 
 
 # ---- multi-label set metrics ---------------------------------------------------------------------------------------
@@ -428,3 +427,78 @@ def test_summarize_adds_multiclass_metrics_only_for_multiclass_tasks():
     yb, pb = binary(seed=5)
     assert "confusion" not in metrics.summarize(yb, pb, ["normal", "pneumonia"], task=TASK_BINARY, n_boot=20)
 
+
+# ---- operating thresholds with evidence ------------------------------------------------------------------------------
+
+def _with_positives(n_pos: int, n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n)
+    y[:n_pos] = 1
+    return y, np.clip(rng.normal(0.3 + 0.3 * y, 0.15), 0.01, 0.99)
+
+
+def test_a_threshold_needs_ten_positives():
+    nine = metrics.operating_point(*_with_positives(9))
+    assert nine.threshold is None and nine.reason == "too few positives (n=9)" and math.isnan(nine.value)
+    ten = metrics.operating_point(*_with_positives(10))
+    assert ten.threshold is not None and ten.positives == 10 and ten.reason is None
+    y, s = _with_positives(10)
+    st = metrics.binary_stats(y, s, ten.threshold)
+    assert (ten.sensitivity, ten.specificity, ten.ppv) == (st["sensitivity"], st["specificity"], st["ppv"])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.1, 1.2, float("nan"), 0.001, 0.995])
+def test_thresholds_at_0_1_or_outside_the_observed_scores_are_refused(threshold):
+    s = np.linspace(0.01, 0.99, 50)
+    assert metrics.threshold_refusal(threshold, s) is not None
+    assert metrics.threshold_refusal(0.5, s) is None
+    point = metrics.operating_point((s > 0.5).astype(float), s, metrics.FIXED, threshold)
+    assert point.threshold is None and point.reason
+
+
+def test_youden_at_infinity_is_refused_not_clipped_to_one():
+    """A label whose best cut calls nothing (the shipped EfficientNet-Lite0's Pneumonia threshold was 1.00)."""
+    y = np.r_[np.ones(12), np.zeros(60)]
+    s = np.r_[np.full(12, 0.2), np.linspace(0.1, 0.9, 60)]  # positives sit among the negatives: no cut helps
+    point = metrics.operating_point(y, s)
+    assert point.threshold is None or 0 < point.threshold < s.max()
+
+
+def test_presets_say_when_a_target_cannot_be_reached():
+    y = np.r_[np.ones(20), np.zeros(80)]
+    s = np.r_[np.linspace(0.3, 0.9, 20), np.full(80, 0.95)]  # every negative outscores every positive, all tied
+    spec = metrics.operating_point(y, s, metrics.SPECIFICITY, 0.9)
+    assert spec.threshold is None and not spec.reached and "cannot be reached" in spec.reason
+    sens = metrics.operating_point(y, s, metrics.SENSITIVITY, 0.9)
+    assert sens.reached and sens.threshold is not None and sens.sensitivity >= 0.9 and sens.positives == 20
+
+
+def test_operating_point_round_trips_through_json():
+    point = metrics.operating_point(*_with_positives(30), metrics.SENSITIVITY, 0.9)
+    assert metrics.OperatingPoint.from_dict(json.loads(json.dumps(point.to_dict()))) == point
+
+
+def test_op_norm_maps_the_threshold_to_half_and_is_monotone():
+    t = np.array([0.1, 0.5, 0.8, np.nan])
+    assert metrics.op_norm(t[None, :3], t[:3]).tolist() == [[0.5, 0.5, 0.5]]
+    grid = np.linspace(0, 1, 101)[:, None].repeat(4, 1)
+    out = metrics.op_norm(grid, t)
+    assert (np.diff(out[:, :3], axis=0) > 0).all() and np.isnan(out[:, 3]).all()
+    np.testing.assert_allclose(out[[0, -1], :3], [[0, 0, 0], [1, 1, 1]])
+    assert ((out[:, :3] >= 0.5) == (grid[:, :3] >= t[:3])).all()  # the call reads the same from the new score
+
+
+def test_false_calls_per_normal_film_counts_only_films_without_findings():
+    y = np.array([[0, 0], [0, 0], [1, 0]])
+    p = np.array([[0.9, 0.9], [0.1, 0.9], [0.9, 0.9]])
+    assert metrics.false_calls_per_film(y, p, np.array([0.5, 0.5])) == 1.5
+    assert metrics.false_calls_per_film(y, p, np.array([0.5, np.nan])) == 0.5  # no threshold: no call
+    assert metrics.false_calls_per_film(y, p, np.array([0.5, 0.5]), normal_only=False) == pytest.approx(4 / 3)
+
+
+def test_summarize_leaves_labels_without_a_threshold_out_of_the_calls():
+    y, p = multilabel(n=200, labels=3, seed=2)
+    s = metrics.summarize(y, p, ["a", "b", "c"], thresholds=[0.5, float("nan"), 0.5], n_boot=10)
+    assert s["per_label"]["b"]["threshold"] is None and math.isnan(s["per_label"]["b"]["sensitivity"])
+    both = [metrics.binary_stats(y[:, j], p[:, j], 0.5)["sensitivity"] for j in (0, 2)]
+    assert s["sensitivity_macro"] == pytest.approx(np.mean(both))

@@ -173,7 +173,25 @@ def test_sample_png_fills_the_comparison(sample):
     np.testing.assert_allclose(table[ENSEMBLE], table[["vanilla_cnn", "vit_scratch"]].mean(axis=1))
     assert metric(at, "Models") == "2"
     assert at.get("plotly_chart") and [b.label for b in at.download_button] == ["Table (CSV)"]
-    assert any("unlike the training films" in e.value for e in at.error)  # ood.json flags every image
+    assert any("unlike the training films" in w.value for w in at.warning)  # ood.json flags every image
+
+
+def _in_page_order(node) -> list:
+    """The page's elements, top to bottom (blocks walked in order)."""
+    children = getattr(node, "children", None)
+    if children is None:
+        return [node]
+    return [e for k in sorted(children) for e in _in_page_order(children[k])]
+
+
+def test_a_rotated_film_warns_above_the_results_which_are_greyed(sample):
+    rotated = png(np.ascontiguousarray(np.rot90(decode(sample[1]).pixels)))
+    at = upload(start(), "rotated.png", rotated)
+    (banner,) = [w for w in at.warning if "Out-of-distribution" in w.value]
+    assert "orientation: looks rotated by" in banner.value and "greyed out" in banner.value
+    assert "Greyed out: this image failed the out-of-distribution checks" in texts(at)
+    order = [id(e) for e in _in_page_order(at.main)]
+    assert order.index(id(banner)) < order.index(id(at.dataframe[0]))  # above the table, not below the fold
 
 
 def test_predictions_match_the_models_on_the_training_preprocessing(sample, fake_root):

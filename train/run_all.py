@@ -92,7 +92,8 @@ def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
     """Out-of-distribution detector beside every checkpoint with weights (re-fitted when the weights change)."""
     for ck in cks:
         det_path = ck.path / ood.OOD_FILE
-        if det_path.exists() and det_path.stat().st_mtime >= (ck.path / checkpoints.WEIGHTS).stat().st_mtime:
+        newer = det_path.exists() and det_path.stat().st_mtime >= (ck.path / checkpoints.WEIGHTS).stat().st_mtime
+        if newer and ood.is_current(det_path):  # an older kind of detector, or a refused one, is refitted
             continue
         try:
             m = load_model(ck.path)

@@ -1,0 +1,306 @@
+"""How the chest-film gate (:mod:`cxrcore.gate`) is trained, self-supervised, from local films only.
+
+Positives are the train splits of the NIH subset (adult) and of Kermany (paediatric; PneumoniaMNIST's train + val,
+never its test images), each shown upright or as one of the transforms the gate detects. "Not a chest film" examples
+are synthesised (noise, rendered text documents, colour gradients) or are colour microscopy (blood-cell TRAIN crops),
+all grey-converted as an upload is. Thresholds are chosen on held-out validation films: the NIH val split and a
+patient-grouped tenth of Kermany train, never a test image.
+"""
+from __future__ import annotations
+
+import csv
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from .gate import CLASSES, DOMAIN_OUTPUT, GRID, SIZE, TRANSFORMS, WIDTHS, Gate, GateNet, Thresholds, colour_saturation, orient
+from .gate import to_input
+from .imaging import to_dataset_size
+
+FALSE_ALARM_TARGET = 0.02  # per check, on validation films
+VAL_SHARE = 10  # one Kermany train patient in VAL_SHARE is held out for validation
+BLOOD_FOLDER = "blood_cells"
+KERMANY_FOLDER = "kermany_pneumonia"
+
+
+@dataclass
+class Films:
+    """Grey 64 px films of one split: images (N, 64, 64) uint8, paediatric flags (N,), colour saturation of the
+    files they came from (N,)."""
+
+    images: np.ndarray
+    paediatric: np.ndarray
+    saturation: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @staticmethod
+    def join(*parts: "Films") -> "Films":
+        return Films(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "paediatric", "saturation")))
+
+
+def _grey64(path: Path) -> tuple[np.ndarray, float]:
+    """A file as the gate sees it (grey, centre square, 64 px) and its colour saturation."""
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    return to_dataset_size(grey, SIZE), colour_saturation(rgb)
+
+
+def _files(paths: list[Path], paediatric: bool) -> Films:
+    read = [_grey64(p) for p in paths]
+    images = np.stack([r[0] for r in read]) if read else np.zeros((0, SIZE, SIZE), np.uint8)
+    return Films(images, np.full(len(read), paediatric), np.array([r[1] for r in read], np.float32))
+
+
+def nih(data_dir: Path, split: str) -> Films:
+    """NIH films of one split (the 64 px npz was built from the grey 1024 px PNGs: saturation 0)."""
+    with np.load(data_dir / "nih14_local_64.npz") as z:
+        images = z[f"{split}_images"]
+    return Films(images, np.zeros(len(images), bool), np.zeros(len(images), np.float32))
+
+
+def kermany(data_dir: Path, split: str) -> Films:
+    """Kermany films: ``train`` and ``val`` are a patient-grouped partition of its train folder, ``test`` its test
+    folder (PneumoniaMNIST's test images, for the benchmark only)."""
+    root = data_dir / KERMANY_FOLDER
+    with open(root / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == ("test" if split == "test" else "train")]
+    if split != "test":
+        held = lambda r: zlib.crc32(r["patient"].encode()) % VAL_SHARE == 0  # noqa: E731
+        rows = [r for r in rows if held(r) == (split == "val")]
+    return _files([root / r["path"] for r in rows], True)
+
+
+def blood_cells(data_dir: Path, folder: str, n: int, seed: int, skip: int = 0) -> Films:
+    """``n`` colour microscopy crops of TRAIN or TEST, a seeded draw (``skip`` drawn ones first: disjoint sets)."""
+    paths = sorted((data_dir / BLOOD_FOLDER / folder).rglob("*.jp*g"))
+    pick = np.random.default_rng(seed).permutation(len(paths))[skip:skip + n]
+    return _files([paths[i] for i in pick], False)
+
+
+# ---- images that are no chest film -----------------------------------------------------------------------------------
+
+def noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 64, 64) uint8: Gaussian, uniform, salt-and-pepper or smooth (low-pass) noise."""
+    out = np.empty((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            x = rng.normal(rng.uniform(60, 190), rng.uniform(10, 80), (SIZE, SIZE))
+        elif kind == 1:
+            x = rng.uniform(0, 255, (SIZE, SIZE))
+        elif kind == 2:
+            x = np.where(rng.random((SIZE, SIZE)) < 0.5, 0, 255) * (rng.random((SIZE, SIZE)) < rng.uniform(.1, 1))
+        else:
+            small = rng.uniform(0, 255, (int(rng.integers(3, 12)),) * 2).astype(np.float32)
+            x = np.asarray(Image.fromarray(small, "F").resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+        out[i] = np.clip(x, 0, 255)
+    return out
+
+
+_WORDS = ("patient report findings the chest radiograph of was normal impression lungs clear heart size "
+          "invoice total date page signature discharge summary medication dose history").split()
+
+
+def documents(rng: np.random.Generator, n: int, side: int = 512) -> np.ndarray:
+    """(n, side, side) uint8 grey: pages of rendered text (lines of words, sometimes a title, a table rule)."""
+    out = np.empty((n, side, side), np.uint8)
+    for i in range(n):
+        page = Image.new("L", (side, side), int(rng.integers(215, 256)))
+        draw = ImageDraw.Draw(page)
+        font = ImageFont.load_default(size=float(rng.integers(10, 28)))
+        y, ink = int(rng.integers(5, 60)), int(rng.integers(0, 90))
+        while y < side - 20:
+            words = " ".join(rng.choice(_WORDS, int(rng.integers(3, 12))))
+            draw.text((int(rng.integers(5, 60)), y), words, fill=ink, font=font)
+            if rng.random() < 0.1:
+                draw.line([(10, y - 4), (side - 10, y - 4)], fill=ink, width=int(rng.integers(1, 4)))
+            y += int(rng.integers(14, 40))
+        out[i] = np.asarray(page)
+    return out
+
+
+def gradients(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 64, 64, 3) uint8 colour images: linear or radial gradients between random colours, with a few discs."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1)
+    out = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i in range(n):
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        ang = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(ang) * xx + np.sin(ang) * yy) if i % 2 else np.hypot(xx - rng.random(), yy - rng.random())
+        t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+        img = Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(0, 5))):
+            x, y, r = rng.integers(0, SIZE, 2), None, int(rng.integers(3, 16))
+            draw.ellipse([x[0] - r, x[1] - r, x[0] + r, x[1] + r], fill=tuple(int(c) for c in rng.uniform(0, 255, 3)))
+        out[i] = np.asarray(img)
+    return out
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(n, H, W, 3) -> (n, H, W) uint8 with PIL's luminance, the conversion uploads get."""
+    return np.stack([np.asarray(Image.fromarray(x).convert("L")) for x in rgb])
+
+
+def not_chest(rng: np.random.Generator, n: int, blood: Films) -> np.ndarray:
+    """(about 4n, 64, 64) uint8 grey "not a chest film" examples: noise, documents, gradients, microscopy."""
+    docs = np.stack([to_dataset_size(d, SIZE) for d in documents(rng, n)])
+    return np.concatenate([noise(rng, n), docs, to_grey(gradients(rng, n)), blood.images])
+
+
+# ---- training --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: int = 600  # about 5 minutes on 2 CPU cores
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    upright_share: float = 0.3  # of the chest films in a batch; the rest spread over the six transforms
+    negative_share: float = 0.15  # of a batch: not-a-chest-film examples
+    n_synthetic: int = 600  # of each synthetic kind
+    n_blood: int = 2000
+    seed: int = 0
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(B, 1, H, W) floats in [0, 1]: small rotation/zoom/shift, sometimes a lower resolution (28 px films), gamma,
+    contrast, brightness and noise; what an upright film may look like and still be upright."""
+    b = len(x)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g)  # noqa: E731
+    ang, scale = u(-0.2, 0.2), u(0.87, 1.15)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, u(-0.08, 0.08)], 1), torch.stack([sin, cos, u(-0.08, 0.08)], 1)], 1)
+    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="border",
+                      align_corners=False)
+    low = torch.rand(b, generator=g) < 0.3
+    if low.any():
+        side = int(torch.randint(20, 48, (1,), generator=g))
+        small = F.interpolate(x[low], size=side, mode="bilinear", antialias=True, align_corners=False)
+        x[low] = F.interpolate(small, size=x.shape[-1], mode="bilinear", align_corners=False)
+    x = x.clamp(0, 1) ** torch.exp(0.3 * torch.randn(b, generator=g)).view(b, 1, 1, 1)
+    x = (x - 0.5) * u(0.75, 1.25).view(b, 1, 1, 1) + 0.5 + u(-0.1, 0.1).view(b, 1, 1, 1)
+    return (x + u(0, 0.03).view(b, 1, 1, 1) * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def apply_transform(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The batch version of :func:`cxrcore.gate.orient` on floats in [0, 1] (N, 1, H, W)."""
+    if kind.startswith("rot"):
+        return torch.rot90(x, int(kind[3:]) // 90, (2, 3))
+    return {"upright": x, "hflip": x.flip(3), "vflip": x.flip(2), "inverted": 1 - x}[kind]
+
+
+def _batch(films: list[Films], negatives: np.ndarray, r: Recipe, rng: np.random.Generator, g: torch.Generator):
+    n_neg = int(r.batch_size * r.negative_share)
+    n_chest = r.batch_size - n_neg
+    source = rng.integers(0, len(films), n_chest)  # each source equally often: NIH is 5x smaller than Kermany
+    idx = [int(rng.integers(0, len(films[s]))) for s in source]
+    chest = np.stack([films[s].images[i] for s, i in zip(source, idx)])
+    paed = torch.tensor([bool(films[s].paediatric[i]) for s, i in zip(source, idx)], dtype=torch.float32)
+    cls = np.where(rng.random(n_chest) < r.upright_share, 0, rng.integers(1, 1 + len(TRANSFORMS), n_chest))
+    neg = negatives[rng.integers(0, len(negatives), n_neg)]
+    x = augment(torch.from_numpy(np.concatenate([chest, neg]))[:, None].float() / 255, g)
+    labels = np.concatenate([cls, np.full(n_neg, len(CLASSES) - 1)])
+    for k, kind in enumerate(CLASSES[:-1]):
+        sel = torch.from_numpy(labels == k)
+        if sel.any():
+            x[sel] = apply_transform(x[sel], kind)
+    neg_sel = torch.from_numpy(labels == len(CLASSES) - 1)  # a document or noise is no film in any orientation
+    x[neg_sel] = torch.rot90(x[neg_sel], int(rng.integers(0, 4)), (2, 3))
+    return (x * 255).round().to(torch.uint8), torch.from_numpy(labels), paed
+
+
+def train(films: list[Films], negatives: np.ndarray, r: Recipe = Recipe(), log=print) -> GateNet:
+    """AdamW with a one-cycle schedule; cross-entropy over CLASSES plus BCE on the domain output (chest films)."""
+    rng, g = np.random.default_rng(r.seed), torch.Generator().manual_seed(r.seed)
+    torch.manual_seed(r.seed)
+    net = GateNet().to(memory_format=torch.channels_last)  # 2-3x faster on CPU for these small convolutions
+    opt = torch.optim.AdamW(net.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, r.lr, total_steps=r.steps)
+    start = time.perf_counter()
+    for step in range(r.steps):
+        x, y, paed = _batch(films, negatives, r, rng, g)
+        net.train()
+        logits = net(to_input(x).contiguous(memory_format=torch.channels_last))
+        chest = y < len(CLASSES) - 1
+        loss = F.cross_entropy(logits[:, :DOMAIN_OUTPUT], y) + F.binary_cross_entropy_with_logits(
+            logits[chest, DOMAIN_OUTPUT], paed)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == r.steps - 1:
+            log(f"step {step}/{r.steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)")
+    return net.eval()
+
+
+# ---- thresholds, on validation films only ---------------------------------------------------------------------------
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    return float(np.quantile(values, q, method="lower"))
+
+
+def choose_thresholds(net: GateNet, val: dict[str, Films], blood_val: Films) -> tuple[Thresholds, dict]:
+    """Each threshold at 0.5 unless that would flag more than FALSE_ALARM_TARGET of the validation films the check
+    must pass; then at that quantile. Colour: twice the highest saturation of a validation film, at least 0.05."""
+    gate = Gate(net, Thresholds(0.5, 0.5, 0.5, 0.5))
+    reads = {k: gate.read(torch.from_numpy(f.images)[:, None]) for k, f in val.items()}
+    upright = min(_quantile(np.array([r.probs["upright"] for r in v]), FALSE_ALARM_TARGET) for v in reads.values())
+    paed = {k: np.array([r.paediatric for r in v]) for k, v in reads.items()}
+    films = Films.join(*val.values())
+    t = Thresholds(upright=min(0.5, upright),
+                   adult_max_paediatric=max(0.5, _quantile(paed["nih"], 1 - FALSE_ALARM_TARGET)),
+                   paediatric_min_paediatric=min(0.5, _quantile(paed["kermany"], FALSE_ALARM_TARGET)),
+                   colour=min(0.5, max(0.05, 2 * float(films.saturation.max()))))
+    return t, validation_rates(Gate(net, t), val, blood_val)
+
+
+def validation_rates(gate: Gate, val: dict[str, Films], blood_val: Films) -> dict:
+    """Per validation set: false alarms on the real films, detection of each transform; colour detection."""
+    out = {}
+    for name, f in val.items():
+        pop = "paediatric" if f.paediatric[0] else "adult"
+        other = "adult" if pop == "paediatric" else "paediatric"
+        row = {"n": len(f), "false_alarm": flagged(gate, f.images, pop, f.saturation),
+               f"flagged_on_{other}_task": flagged(gate, f.images, other, f.saturation)}
+        for kind in TRANSFORMS:
+            row[kind] = flagged(gate, np.stack([orient(x, kind) for x in f.images]), pop)
+        out[name] = row
+    out["blood_cells"] = {"n": len(blood_val), "detected": flagged(gate, blood_val.images, None, blood_val.saturation)}
+    return out
+
+
+def flagged(gate: Gate, images: np.ndarray, population: str | None, saturation: np.ndarray | None = None) -> float:
+    """Share of (N, 64, 64) uint8 images on which at least one check fires."""
+    sat = np.zeros(len(images)) if saturation is None else saturation
+    reads = gate.read(torch.from_numpy(np.ascontiguousarray(images))[:, None])
+    return float(np.mean([bool(gate.findings(r, population, float(s))) for r, s in zip(reads, sat)]))
+
+
+def card(r: Recipe, t: Thresholds, rates: dict, counts: dict, seconds: float, command: str) -> dict:
+    return {
+        "what": "chest-film gate: upright frontal chest radiograph vs rotated / flipped / inverted / not a chest film; "
+                "adult vs paediatric",
+        "classes": list(CLASSES), "domain_output": "logit of P(paediatric)", "input": f"{SIZE} px grey, x/127.5-1",
+        "architecture": f"SimpleCNN widths {'-'.join(map(str, WIDTHS))}, last map pooled to {GRID}x{GRID}, linear head",
+        "data": {"positives": "NIH local train split (adult) and Kermany train folder less a patient-grouped "
+                              f"1/{VAL_SHARE} (paediatric); never a test image",
+                 "negatives": "synthetic noise, rendered text documents, colour gradients (grey-converted) and "
+                              "blood-cell TRAIN colour microscopy crops (grey-converted)",
+                 "validation": f"NIH val split, the held-out Kermany train patients, {counts.get('blood_val')} other "
+                               "blood-cell TRAIN crops",
+                 "counts": counts},
+        "recipe": asdict(r), "threshold_rule": choose_thresholds.__doc__.split("\n")[0] + " " +
+                                               choose_thresholds.__doc__.split("\n")[1].strip(),
+        "false_alarm_target": FALSE_ALARM_TARGET, "thresholds": asdict(t), "validation": rates,
+        "train_seconds": round(seconds, 1), "rebuild_command": command,
+    }

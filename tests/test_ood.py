@@ -1,0 +1,146 @@
+"""The per-model out-of-distribution detector: features every zoo architecture gives, flat memory, refusals."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tracemalloc
+from dataclasses import fields, replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cxrcore import ood
+from cxrcore.inference import load_model
+
+
+def _features_and_logits(m, images):
+    feats = ood.features(m, images)
+    with torch.no_grad():
+        logits = m.model(m.prep(images).float())
+    return feats, logits
+
+
+@pytest.mark.parametrize("model_id", ["vanilla_cnn", "cnn_deep", "resnet18", "densenet121", "mobilenet_v2",
+                                      "efficientnet_lite0", "vit_scratch"])
+def test_features_are_what_the_classifier_reads(make_checkpoint, model_id):
+    """Pre-logits for every architecture: the final layer applied to them gives the model's logits."""
+    path, _ = make_checkpoint(model_id, size=32)
+    m = load_model(path)
+    images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    feats, logits = _features_and_logits(m, images)
+    head = ood.classifier(m.model)
+    assert feats.shape == (3, head.in_features)
+    np.testing.assert_allclose(head(torch.from_numpy(feats)).detach().numpy(), logits.numpy(), atol=1e-4)
+
+
+def test_features_do_not_depend_on_the_cam_layer(make_checkpoint):
+    path, _ = make_checkpoint("resnet18", size=32)
+    m = load_model(path)
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    before = ood.features(m, images)
+    cam = {f.name: ("no.such.layer",) if isinstance(getattr(m.spec, f.name), tuple) else "no.such.layer"
+           for f in fields(m.spec) if f.name.startswith("cam")}  # the Grad-CAM layers may move to finer maps
+    assert cam
+    m.spec = replace(m.spec, **cam)
+    np.testing.assert_array_equal(ood.features(m, images), before)
+
+
+def _fit_sizes(make_checkpoint, n_train: int, max_images: int):
+    """Fit on n_train synthetic images: (images the network saw, the detector, tracemalloc peak in bytes)."""
+    path, _ = make_checkpoint("vanilla_cnn", size=28)
+    m = load_model(path)
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(images={"train": torch.randint(0, 256, (n_train, 1, 28, 28), dtype=torch.uint8, generator=g),
+                                   "val": torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=g)})
+    seen = []
+    handle = m.model.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    tracemalloc.start()
+    try:
+        det = ood.fit_checkpoint(m, data, max_images=max_images)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        handle.remove()
+    return sum(seen), det, peak
+
+
+def test_fit_memory_is_flat_in_the_number_of_training_images(make_checkpoint):
+    """200 or 2,000 training images: the same number of images through the network, the same stored floats, about
+    the same traced peak."""
+    small = _fit_sizes(make_checkpoint, 200, max_images=100)
+    large = _fit_sizes(make_checkpoint, 2000, max_images=100)
+    assert small[0] == large[0] == 100 + 50  # the fixed train sample, then every val image
+    assert small[1].n_fit == large[1].n_fit == 100
+    stored = lambda d: len(d.mean) + np.size(d.components) + len(d.variances)  # noqa: E731
+    assert stored(small[1]) == stored(large[1])
+    assert large[2] < 1.5 * small[2]
+    assert (small[1].threshold > 0) and math.isfinite(large[1].threshold)
+
+
+def test_sample_is_seeded_sorted_and_capped():
+    assert ood.sample(10, 20).tolist() == list(range(10))
+    s = ood.sample(10_000, 64, seed=3)
+    assert len(s) == 64 == len(set(s)) and (np.diff(s) > 0).all() and s.tolist() == ood.sample(10_000, 64, 3).tolist()
+
+
+def _detector(threshold, **extra) -> dict:
+    return {"model_id": "x", "mean": [0.0] * 8, "components": np.eye(4, 8).tolist(), "variances": [1.0] * 4,
+            "threshold": threshold, "percentile": 99.0, "features": ood.FEATURES, **extra}
+
+
+@pytest.mark.parametrize("threshold", [1e30, float("inf"), float("nan"), 0.0, -3.0, "7"])
+def test_absurd_thresholds_are_refused(tmp_path, threshold):
+    path = tmp_path / ood.OOD_FILE
+    path.write_text(json.dumps(_detector(threshold)))
+    with pytest.raises(ValueError, match="threshold"):
+        ood.OODModel.load(path)
+    assert not ood.is_current(path)
+
+
+def test_a_plausible_threshold_is_kept_and_broken_detectors_are_refused(tmp_path):
+    path = tmp_path / ood.OOD_FILE
+    path.write_text(json.dumps(_detector(9.5)))
+    assert ood.OODModel.load(path).threshold == 9.5 and ood.is_current(path)
+    stale = _detector(9.5)
+    del stale["features"]  # written before the features were recorded: fitted on the Grad-CAM layer
+    for bad in (stale, _detector(9.5, variances=[1.0, 0.0, 1.0, 1.0]), _detector(9.5, components=[[0.0] * 8])):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError):
+            ood.OODModel.load(path)
+
+
+def test_a_refused_detector_is_logged_and_skipped(tmp_path, make_checkpoint, caplog):
+    from cxrcore import compare, gate
+
+    path, _ = make_checkpoint("vanilla_cnn")
+    (path / ood.OOD_FILE).write_text(json.dumps(_detector(1e30) | {"mean": [1e3] * 128,
+                                                                 "components": np.eye(4, 128).tolist()}))
+    lenient = gate.Gate(gate.GateNet(), gate.Thresholds(1e-9, 1 - 1e-9, 1e-9, 0.99))
+    with caplog.at_level(logging.WARNING):
+        assert compare.ood_warning([load_model(path)], np.zeros((64, 64), np.uint8), chest_gate=lenient) is None
+    assert "refused" in caplog.text
+
+
+def test_the_fit_separates_training_like_features_from_others():
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(0, 1, (500, 16)), rng.normal(0, 1, (200, 16))
+    det = ood.fit("x", train, val, k=8)
+    assert np.mean(det.score(rng.normal(0, 1, (300, 16))) > det.threshold) < 0.05
+    assert np.mean(det.score(rng.normal(4, 1, (300, 16))) > det.threshold) > 0.95
+
+
+@pytest.mark.slow
+def test_shipped_detectors_are_current_and_pass_real_test_films(data_dir):
+    """Every committed ood.json is of the current kind, and flags few NIH test films (its threshold is the val 99th
+    percentile)."""
+    from cxrcore.data import REPO_ROOT, load_dataset
+
+    nih = load_dataset("nih14-local", 64)
+    for path in sorted((REPO_ROOT / "checkpoints").glob("*/ood.json")):
+        det = ood.OODModel.load(path)
+        m = load_model(path.parent)
+        scores = det.score(ood.features(m, nih.images["test"][:100]))
+        assert np.mean(scores > det.threshold) <= 0.10, path

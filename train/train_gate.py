@@ -1,0 +1,52 @@
+"""Rebuild the chest-film gate (checkpoints/gate/): python train/train_gate.py [--steps N] [--seed S]
+
+Trains on the local NIH and Kermany train films and synthetic / microscopy negatives (no test image), chooses the
+thresholds on validation films, and writes fp16 weights and a card with the data, recipe and validation figures.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cxrcore import gate, gate_training as gt  # noqa: E402
+from cxrcore.data import data_dir  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=gt.Recipe.steps)
+    p.add_argument("--seed", type=int, default=gt.Recipe.seed)
+    p.add_argument("--out", type=Path, default=gate.GATE_DIR)
+    a = p.parse_args(argv)
+    r = replace(gt.Recipe(), steps=a.steps, seed=a.seed)
+    torch.manual_seed(r.seed)
+    root = data_dir()
+    t0 = time.perf_counter()
+    films = [gt.nih(root, "train"), gt.kermany(root, "train")]
+    val = {"nih": gt.nih(root, "val"), "kermany": gt.kermany(root, "val")}
+    blood = gt.blood_cells(root, "TRAIN", r.n_blood, r.seed)
+    blood_val = gt.blood_cells(root, "TRAIN", 300, r.seed, skip=r.n_blood)
+    negatives = gt.not_chest(np.random.default_rng(r.seed), r.n_synthetic, blood)
+    counts = {"nih_train": len(films[0]), "kermany_train": len(films[1]), "negatives": len(negatives),
+              "nih_val": len(val["nih"]), "kermany_val": len(val["kermany"]), "blood_val": len(blood_val)}
+    print(f"data loaded in {time.perf_counter() - t0:.0f} s: {counts}")
+    t1 = time.perf_counter()
+    net = gt.train(films, negatives, r)
+    seconds = time.perf_counter() - t1
+    thresholds, rates = gt.choose_thresholds(net, val, blood_val)
+    cmd = " ".join(shlex.quote(x) for x in ["python", "train/train_gate.py", *(argv if argv is not None else sys.argv[1:])])
+    gate.save(a.out, net, gt.card(r, thresholds, rates, counts, seconds, cmd))
+    print(f"thresholds {thresholds}\nvalidation {rates}\nwritten to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

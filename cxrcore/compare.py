@@ -265,7 +265,7 @@ def points_in_force(default: Sequence[metrics.OperatingPoint], label_names: Sequ
         if overrides and name in overrides:
             value = float(overrides[name])
             out[j] = (metrics.point_at(y_val[:, j], p_val[:, j], value) if np.isfinite(value)
-                      else replace(out[j], threshold=None, reason="no call: a preset without a threshold was applied"))
+                      else replace(out[j], threshold=None, reason="a preset without a threshold here was applied"))
     return out
 
 

@@ -115,7 +115,8 @@ with right:
     if ENSEMBLE in comp.probs:
         table[ENSEMBLE] = scores[ENSEMBLE]
     if len(comp.models) > 1:
-        table["Votes +"] = [f"{p}/{p + n}" for p, n in zip(agree["n_positive"], agree["n_negative"])]
+        table["Votes +"] = [f"{p}/{p + n}" if p + n else "no call" for p, n in
+                            zip(agree["n_positive"], agree["n_negative"])]
         table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
         table["SD"] = agree["sd"]
     table = table.join(scores[comp.models])

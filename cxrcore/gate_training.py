@@ -79,6 +79,13 @@ def kermany(data_dir: Path, split: str) -> Films:
     return _files([root / r["path"] for r in rows], True)
 
 
+def pneumoniamnist(data_dir: Path, split: str) -> Films:
+    """PneumoniaMNIST films of one split at its 28 px, upscaled to the gate's size as the app does for them."""
+    with np.load(data_dir / "pneumoniamnist_28.npz") as z:
+        images = np.stack([to_dataset_size(x, SIZE) for x in z[f"{split}_images"]])
+    return Films(images, np.ones(len(images), bool), np.zeros(len(images), np.float32))
+
+
 def blood_cells(data_dir: Path, folder: str, n: int, seed: int, skip: int = 0) -> Films:
     """``n`` colour microscopy crops of TRAIN or TEST, a seeded draw (``skip`` drawn ones first: disjoint sets)."""
     paths = sorted((data_dir / BLOOD_FOLDER / folder).rglob("*.jp*g"))
@@ -256,10 +263,12 @@ def choose_thresholds(net: GateNet, val: dict[str, Films], blood_val: Films) -> 
     reads = {k: gate.read(torch.from_numpy(f.images)[:, None]) for k, f in val.items()}
     upright = min(_quantile(np.array([r.probs["upright"] for r in v]), FALSE_ALARM_TARGET) for v in reads.values())
     paed = {k: np.array([r.paediatric for r in v]) for k, v in reads.items()}
+    adult = [k for k in val if not val[k].paediatric[0]]
     films = Films.join(*val.values())
     t = Thresholds(upright=min(0.5, upright),
-                   adult_max_paediatric=max(0.5, _quantile(paed["nih"], 1 - FALSE_ALARM_TARGET)),
-                   paediatric_min_paediatric=min(0.5, _quantile(paed["kermany"], FALSE_ALARM_TARGET)),
+                   adult_max_paediatric=max(0.5, *(_quantile(paed[k], 1 - FALSE_ALARM_TARGET) for k in adult)),
+                   paediatric_min_paediatric=min(0.5, *(_quantile(paed[k], FALSE_ALARM_TARGET)
+                                                        for k in val if k not in adult)),
                    colour=min(0.5, max(0.05, 2 * float(films.saturation.max()))))
     return t, validation_rates(Gate(net, t), val, blood_val)
 
@@ -296,8 +305,8 @@ def card(r: Recipe, t: Thresholds, rates: dict, counts: dict, seconds: float, co
                               f"1/{VAL_SHARE} (paediatric); never a test image",
                  "negatives": "synthetic noise, rendered text documents, colour gradients (grey-converted) and "
                               "blood-cell TRAIN colour microscopy crops (grey-converted)",
-                 "validation": f"NIH val split, the held-out Kermany train patients, {counts.get('blood_val')} other "
-                               "blood-cell TRAIN crops",
+                 "validation": f"NIH val split, the held-out Kermany train patients, PneumoniaMNIST val at 28 px, "
+                               f"{counts.get('blood_val')} other blood-cell TRAIN crops",
                  "counts": counts},
         "recipe": asdict(r), "threshold_rule": choose_thresholds.__doc__.split("\n")[0] + " " +
                                                choose_thresholds.__doc__.split("\n")[1].strip(),

@@ -158,3 +158,5 @@ def test_adult_films_warn_on_a_paediatric_task(shipped, data_dir):
     pick = np.random.default_rng(0).permutation(len(children))[:100]
     assert _flag_rate(shipped, list(children.images[pick]), "paediatric", children.saturation[pick]) <= 0.1
     assert _flag_rate(shipped, list(children.images[pick]), "adult", children.saturation[pick]) >= 0.9
+    with np.load(data_dir / "pneumoniamnist_28.npz") as z:  # the task's own 28 px test films
+        assert _flag_rate(shipped, list(z["test_images"][:200]), "paediatric") <= 0.1

@@ -6,6 +6,7 @@ thresholds on validation films, and writes fp16 weights and a card with the data
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -25,18 +26,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=gt.Recipe.steps)
     p.add_argument("--seed", type=int, default=gt.Recipe.seed)
     p.add_argument("--out", type=Path, default=gate.GATE_DIR)
+    p.add_argument("--thresholds-only", action="store_true",
+                   help="keep the weights in --out; choose the thresholds again on the validation films")
     a = p.parse_args(argv)
     r = replace(gt.Recipe(), steps=a.steps, seed=a.seed)
     torch.manual_seed(r.seed)
     root = data_dir()
     t0 = time.perf_counter()
-    films = [gt.nih(root, "train"), gt.kermany(root, "train")]
-    val = {"nih": gt.nih(root, "val"), "kermany": gt.kermany(root, "val")}
-    blood = gt.blood_cells(root, "TRAIN", r.n_blood, r.seed)
+    val = {"nih": gt.nih(root, "val"), "kermany": gt.kermany(root, "val"),
+           "pneumoniamnist_28": gt.pneumoniamnist(root, "val")}
     blood_val = gt.blood_cells(root, "TRAIN", 300, r.seed, skip=r.n_blood)
+    if a.thresholds_only:
+        old, net = json.loads((a.out / gate.CARD).read_text()), gate.load(a.out).net
+        thresholds, rates = gt.choose_thresholds(net, val, blood_val)
+        counts = {**old["data"]["counts"], "pneumoniamnist_val": len(val["pneumoniamnist_28"])}
+        card = gt.card(gt.Recipe(**old["recipe"]), thresholds, rates, counts, old["train_seconds"],
+                       old["rebuild_command"])
+        gate.save(a.out, net, {**card, "thresholds_command": "python train/train_gate.py --thresholds-only"})
+        print(f"thresholds {thresholds}\nvalidation {rates}")
+        return 0
+    films = [gt.nih(root, "train"), gt.kermany(root, "train")]
+    blood = gt.blood_cells(root, "TRAIN", r.n_blood, r.seed)
     negatives = gt.not_chest(np.random.default_rng(r.seed), r.n_synthetic, blood)
     counts = {"nih_train": len(films[0]), "kermany_train": len(films[1]), "negatives": len(negatives),
-              "nih_val": len(val["nih"]), "kermany_val": len(val["kermany"]), "blood_val": len(blood_val)}
+              "nih_val": len(val["nih"]), "kermany_val": len(val["kermany"]),
+              "pneumoniamnist_val": len(val["pneumoniamnist_28"]), "blood_val": len(blood_val)}
     print(f"data loaded in {time.perf_counter() - t0:.0f} s: {counts}")
     t1 = time.perf_counter()
     net = gt.train(films, negatives, r)

@@ -264,30 +264,31 @@ class SplitMetrics:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Validation and test metrics (the test split touched once), and the final train / validation losses."""
+    """Validation and test metrics (the test split touched once), and the final train / validation losses.
+    ``test`` is None for a cross-validated run until ``train/evaluate_test.py`` has read the test split."""
 
     val: SplitMetrics
-    test: SplitMetrics
+    test: SplitMetrics | None
     train_loss: float | None = None
     val_loss: float | None = None
     extra: dict = field(default_factory=dict)
 
-    def split(self, name: str) -> SplitMetrics:
+    def split(self, name: str) -> SplitMetrics | None:
         return {"val": self.val, "test": self.test}[name]
 
     @classmethod
     def from_dict(cls, raw: object, labels: list[str], where: str = "metrics") -> "Metrics":
         d = _obj(raw, where)
-        for s in SPLITS:
-            if s not in d:
-                raise _Invalid(where, f"has no '{s}' split")
-        return cls(*(SplitMetrics.from_dict(d[s], labels, f"{where}.{s}") for s in SPLITS),
+        if "val" not in d:
+            raise _Invalid(where, "has no 'val' split")
+        return cls(*(SplitMetrics.from_dict(d[s], labels, f"{where}.{s}") if s in d else None for s in SPLITS),
                    *(_num(d.get(k), f"{where}.{k}", 0.0, optional=True) for k in ("train_loss", "val_loss")),
                    _rest(d, _names(cls)))
 
     def to_dict(self) -> dict:
         losses = {k: v for k, v in (("train_loss", self.train_loss), ("val_loss", self.val_loss)) if v is not None}
-        return {"val": self.val.to_dict(), "test": self.test.to_dict(), **losses, **self.extra}
+        tested = {"test": self.test.to_dict()} if self.test is not None else {}
+        return {"val": self.val.to_dict(), **tested, **losses, **self.extra}
 
 
 # ---- the card -------------------------------------------------------------------------------------------------------

@@ -7,9 +7,27 @@ instead of 1). Plain arrays in, plain arrays out.
 """
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
-from . import metrics
+import numpy as np
+import torch
+
+from . import calibration, checkpoints, metrics
+from .card import Card, Metrics
+from .data import Dataset
+from .engine import TrainConfig, clear_resume, fit, hardware, predict, Prepared, seed_everything
+from .pretrained import build
+from .runs import dataset_record, git_commit, val_operating_points, versions
+from .task import is_multilabel, label_columns
+from .zoo import get_spec, list_models
 
 
 def patient_folds(groups: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
@@ -76,3 +94,188 @@ def choose_epochs(auc_by_epoch: np.ndarray, smooth: int = 3) -> int:
         padded = np.pad(a, pad, mode="edge")
         a = np.convolve(padded, np.ones(smooth) / smooth, mode="valid")[: len(auc_by_epoch)]
     return int(np.nanargmax(a)) + 1
+
+
+# ---- the cross-validated training run ------------------------------------------------------------------------------
+
+CV_DIR = "cv"  # inside the model's folder while it trains; replaced by the checkpoint when it is saved
+PLAN_FILE = "plan.json"
+FOLD_FILE = "oof.npz"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Train + val as one pool of images, in that order, with the group (patient) of each image."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    groups: np.ndarray
+    by_patient: bool  # False: the dataset names no patients, each image is its own group
+
+
+def pool(data: Dataset) -> Pool:
+    pats = data.extras.get("patients")
+    n = len(data.labels["train"]) + len(data.labels["val"])
+    groups = (np.concatenate([np.asarray(pats["train"]), np.asarray(pats["val"])]).astype(str) if pats
+              else np.array([f"image-{i}" for i in range(n)]))
+    return Pool(torch.cat([data.images["train"], data.images["val"]]),
+                np.concatenate([data.labels["train"], data.labels["val"]]), groups, bool(pats))
+
+
+def _split_data(data: Dataset, p: Pool, train: np.ndarray, val: np.ndarray, test: bool) -> Dataset:
+    """``data`` with pool rows ``train`` / ``val`` as its train / val splits (and no test images unless ``test``)."""
+    t = torch.from_numpy
+    rows = {"train": train, "val": val}
+    images = {s: p.images[t(i)] for s, i in rows.items()}
+    labels = {s: p.labels[i] for s, i in rows.items()}
+    images["test"] = data.images["test"] if test else data.images["test"][:0]
+    labels["test"] = data.labels["test"] if test else data.labels["test"][:0]
+    return Dataset(data.name, data.size, data.task, data.label_names, images, labels, data.source, data.md5,
+                   {"patients": {**{s: p.groups[i] for s, i in rows.items()}, "test": p.groups[:0]}}, data.record)
+
+
+def _plan(data: Dataset, cfg: TrainConfig, folds: np.ndarray, k: int, seed: int) -> dict:
+    return {"split_checksum": data.split_checksum(), "config_key": cfg.key(), "k": k, "seed": seed,
+            "folds_sha256": hashlib.sha256(folds.astype(np.int64).tobytes()).hexdigest()}
+
+
+def _fold(model_id: str, data: Dataset, cfg: TrainConfig, work: Path, out_root: Path, f: int,
+          progress: Callable[[dict], None] | None) -> np.ndarray:
+    """Validation probabilities of every epoch (epochs, n_f, L) of fold ``f``'s model; a finished fold is read back,
+    a killed one resumes from its last epoch (the engine's state and one file per finished epoch)."""
+    done = work / FOLD_FILE
+    if done.exists():
+        return np.load(done)["probs"]
+    spec = get_spec(model_id)
+    seed_everything(cfg.seed)
+    model, _ = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root,
+                     cfg.input_size or spec.model_input_size(data.size))
+
+    def keep(ev: dict) -> None:
+        if ev.get("done"):
+            work.mkdir(parents=True, exist_ok=True)
+            np.save(work / f"epoch{ev['epoch'] + 1:03d}.npy", ev["val_probs"])
+        if progress:
+            progress({**ev, "fold": f})
+
+    fit(model, spec, data, cfg, work, keep)
+    epochs = sorted(work.glob("epoch*.npy"))
+    probs = np.stack([np.load(e) for e in epochs])
+    if len(probs) != cfg.epochs:
+        raise RuntimeError(f"fold {f} kept {len(probs)} epochs of {cfg.epochs}")
+    np.savez(work / "tmp.npz", probs=probs)
+    (work / "tmp.npz").replace(done)
+    clear_resume(work)
+    for e in epochs:
+        e.unlink()
+    return probs
+
+
+def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, command: str, k: int = 5,
+                   seed: int = 0, progress: Callable[[dict], None] | None = None, n_boot: int = 1000,
+                   smooth: int = 3) -> Card:
+    """Train ``model_id`` by patient-grouped ``k``-fold cross-validation on train + val and write
+    ``out_root/model_id``; returns its card, which has no test metrics (``train/evaluate_test.py`` adds them).
+
+    Each fold trains the recipe's full epochs without early stopping and keeps every epoch's probabilities for its
+    held-out patients; the pooled out-of-fold (OOF) AUC per epoch gives the number of epochs (:func:`choose_epochs`).
+    The shipped model is one refit on all of train + val, stopped at that epoch of the same schedule: one model
+    within the checkpoint budget instead of a k-model ensemble. Calibration and thresholds are fitted on the pooled
+    OOF predictions at that epoch (5-6x the positives of the validation split). The test images are scored by the
+    shipped model (so the app can serve them) but no test metric is computed here."""
+    t0 = time.perf_counter()
+    spec, out_dir = get_spec(model_id), out_root / model_id
+    p = pool(data)
+    n_out, names = data.num_outputs, list(data.label_names)
+    folds = patient_folds(p.groups, label_columns(p.labels, data.task, n_out), k, seed)
+    fold_cfg = dataclasses.replace(cfg, patience=0)
+    work = out_dir / CV_DIR
+    plan = _plan(data, fold_cfg, folds, k, seed)
+    if (work / PLAN_FILE).exists() and json.loads((work / PLAN_FILE).read_text()) != plan:
+        shutil.rmtree(work)  # another recipe, data or fold assignment: its folds cannot be pooled with these
+        clear_resume(out_dir)  # nor can its refit continue
+    work.mkdir(parents=True, exist_ok=True)
+    (work / PLAN_FILE).write_text(json.dumps(plan))
+    idx = np.arange(len(folds))
+    fold_probs = [_fold(model_id, _split_data(data, p, idx[folds != f], idx[folds == f], test=False), fold_cfg,
+                        work / f"fold{f}", out_root, f, progress) for f in range(k)]
+    oof = pool_oof(folds, fold_probs)
+    auc_by_epoch = oof_auc_by_epoch(p.labels, oof, data.task)
+    n_epochs = choose_epochs(auc_by_epoch, smooth)
+
+    # the shipped model: all of train + val, the chosen number of epochs of the recipe's schedule; its "val" split
+    # (inside its training set) is only the engine's bookkeeping
+    n_train = len(data.labels["train"])
+    full = _split_data(data, p, idx, idx[n_train:], test=True)
+    input_size = cfg.input_size or spec.model_input_size(data.size)
+    seed_everything(cfg.seed)
+    model, init = build(model_id, n_out, data.channels, data.size, cfg.init, out_root, input_size)
+    res = fit(model, spec, full, fold_cfg, out_dir, None if progress is None else
+              (lambda ev: progress({**ev, "fold": "refit"})), select_best=False, stop_after=n_epochs)
+    model = checkpoints.round_to_stored(res.model)
+    prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last)
+    test_raw = predict(model, data.images["test"], prep, data.task)
+
+    multilabel = is_multilabel(data.task)
+    oof_raw = oof[n_epochs - 1]
+    shift = (calibration.prior_shift(cfg.pos_weight, [int(v) for v in np.asarray(p.labels).sum(0)], len(p.labels))
+             if multilabel else None)
+    y_fit = label_columns(p.labels, data.task, n_out) if multilabel else p.labels[:, 0]
+    cal = calibration.fit(y_fit, oof_raw, multilabel, shift, fitted_on="oof")
+    oof_cal, test_cal = cal.apply(oof_raw), cal.apply(test_raw)
+    points = val_operating_points(p.labels, oof_cal, data.task)
+    th = [q.value for q in points]
+    groups = p.groups if p.by_patient else None
+    val_rows = idx[n_train:]
+    block = {"val": metrics.summarize(p.labels[val_rows], oof_cal[val_rows], names, data.task, th, n_boot,
+                                      None if groups is None else groups[val_rows]),
+             "oof": metrics.summarize(p.labels, oof_cal, names, data.task, th, n_boot, groups),
+             "train_loss": res.history[-1]["train_loss"] if res.history else None}
+    cols = label_columns(p.labels, data.task, n_out)
+    cv = {
+        "k": k, "seed": seed, "smooth": smooth,
+        "groups": "patients" if p.by_patient else "images (the dataset names no patients: each image is its own "
+                                                   "group, so images of one patient may sit in two folds)",
+        "fold_images": [int((folds == f).sum()) for f in range(k)],
+        "fold_patients": [int(len(np.unique(p.groups[folds == f]))) for f in range(k)],
+        "oof_positives": {n: int(cols[:, j].sum()) for j, n in enumerate(names)},
+        "oof_positive_patients": {n: int(len(np.unique(p.groups[cols[:, j] > 0.5]))) for j, n in enumerate(names)},
+        "oof_auc_by_epoch": [float(a) for a in auc_by_epoch],
+        "chosen_epochs": n_epochs,
+        "oof_auc_at_chosen": float(auc_by_epoch[n_epochs - 1]),
+        "shipped": "one refit on all of train + val for the chosen epochs: one model within the checkpoint budget "
+                   f"instead of a {k}-model fold ensemble",
+        "how_chosen": {
+            "epochs": f"best centred {smooth}-epoch moving average of the pooled out-of-fold macro AUC "
+                      f"(each fold trained all {cfg.epochs} epochs, no early stopping)",
+            "calibration": "fitted on the pooled out-of-fold raw probabilities at the chosen epoch",
+            "thresholds": "Youden's J on the calibrated pooled out-of-fold probabilities at the chosen epoch "
+                          "(the 'youden_val' rule name is kept for the app)",
+            "metrics.val": "out-of-fold predictions of the validation images (fold models, not the shipped one)",
+            "metrics.oof": "pooled out-of-fold predictions of every train + val image (calibrated in-sample)",
+            "metrics.test": "only by train/evaluate_test.py, once, after training; no recipe decision looks at it",
+        },
+    }
+    preds = {"val_probs": oof_cal[val_rows], "val_labels": p.labels[val_rows], "test_probs": test_cal,
+             "test_labels": data.labels["test"], "val_raw_probs": oof_raw[val_rows], "test_raw_probs": test_raw,
+             "oof_probs": oof_cal, "oof_labels": p.labels, "oof_raw_probs": oof_raw,
+             "oof_folds": folds.astype(np.int64)}
+    card = Card(
+        id=model_id, arch=spec.arch, family=spec.family, reference=spec.paper, order=list_models().index(model_id),
+        dataset=dataset_record(data), label_names=names, task=data.task, input_size=input_size,
+        normalisation=tuple(spec.norm), init=init, hparams=asdict(cfg), config_key=cfg.key(),
+        epochs_run=res.epochs_run, best_epoch=n_epochs, stopped_early=False, resumed_from_epoch=res.resumed_from,
+        params_total=sum(q.numel() for q in model.parameters()),
+        params_trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
+        train_seconds=res.train_seconds, wall_seconds=time.perf_counter() - t0,
+        seconds_per_epoch=res.train_seconds / max(1, res.epochs_run), hardware=hardware(), world_size=1,
+        bf16=res.bf16, channels_last=res.channels_last, precision=res.precision, training_setup=res.settings,
+        metrics=Metrics.from_dict(block, names), thresholds={"youden_val": [q.threshold for q in points]},
+        calibration=cal.to_dict(), versions=versions(), git_commit=git_commit(),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
+        extra={"operating_points": {"youden_val": [q.to_dict() for q in points]}, "cv": cv},
+    )
+    card = checkpoints.save(out_dir, model, card, preds, res.history)
+    clear_resume(out_dir)
+    shutil.rmtree(out_dir / CV_DIR, ignore_errors=True)  # the folds' work: the checkpoint now holds what it gave
+    return card

@@ -431,8 +431,12 @@ def _read_state(work_dir: Path, spec: ModelSpec, cfg: TrainConfig, set_aside: bo
 
 
 def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work_dir: Path,
-        progress: Callable[[dict], None] | None = None, dist: Dist | None = None) -> FitResult:
-    """Train ``model`` on ``data``; the best epoch by validation AUC is what comes back.
+        progress: Callable[[dict], None] | None = None, dist: Dist | None = None,
+        select_best: bool = True, stop_after: int | None = None) -> FitResult:
+    """Train ``model`` on ``data``; the best epoch by validation AUC is what comes back (the last epoch when not
+    ``select_best``: a cross-validated refit, whose epochs were chosen out of fold and whose "val" it trains on).
+    ``stop_after`` ends training after that many epochs of the recipe's schedule (the refit stops where the folds
+    peaked, with the learning rate they had there).
 
     Epochs are chosen in the training precision; stored predictions are the caller's, in fp32. After every epoch
     rank 0 writes the training state to ``work_dir/.resume.pt`` (and the best weights to ``.best.pt`` when they
@@ -485,7 +489,7 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
     steps = math.ceil(n / global_batch)
     gen, aug_gen = torch.Generator(), torch.Generator(device=dev)
     stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
         gen.manual_seed(cfg.seed * 1000 + epoch)  # same permutation on every rank, and after a resume
         aug_gen.manual_seed(cfg.seed * 1000 + epoch + 10 ** 6)
         perm = torch.randperm(n, generator=gen)
@@ -524,7 +528,9 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
         else:
             bad += 1
         if progress and dist.main:
-            progress({**row, "epoch": epoch, "done": True})  # 0-based like the step events (row["epoch"] is 1-based)
+            # 0-based like the step events (row["epoch"] is 1-based); the epoch's validation probabilities for
+            # callers that keep them (cross-validation pools them out of fold)
+            progress({**row, "epoch": epoch, "done": True, "val_probs": val["probs"]})
         if dist.main:
             work_dir.mkdir(parents=True, exist_ok=True)
             if improved:  # before the state that names it, so a state never points at weights not yet written
@@ -538,8 +544,9 @@ def fit(model: nn.Module, spec: ModelSpec, data: Dataset, cfg: TrainConfig, work
         if cfg.patience and bad >= cfg.patience:
             stopped_early = True
             break
-    if best_state is not None:
+    if best_state is not None and select_best:
         model.load_state_dict(best_state)
+    best_epoch = best_epoch if select_best else len(history)
     settings = {"device": str(dev), "hardware_class": hardware_class(dev), "threads": torch.get_num_threads(),
                 "compile": cfg.compile, "sync_batchnorm": sync_bn, "global_batch_size": global_batch, "lr": lr,
                 "data_on_device": x_train.resident and dev.type != "cpu"}

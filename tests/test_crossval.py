@@ -54,3 +54,80 @@ def test_choose_epochs_ignores_a_single_lucky_epoch():
     auc = np.array([0.60, 0.62, 0.64, 0.65, 0.66, 0.80, 0.55, 0.55, 0.55])  # epoch 6 alone is high
     assert crossval.choose_epochs(auc, smooth=1) == 6
     assert crossval.choose_epochs(auc, smooth=3) == 5
+
+
+# ---- a real (tiny) cross-validated run -----------------------------------------------------------------------------
+
+from cxrcore import checkpoints  # noqa: E402
+from cxrcore.data import load_dataset  # noqa: E402
+from cxrcore.runs import recipe  # noqa: E402
+
+SUBSET = {"train": 60, "val": 24, "test": 20}
+K, EPOCHS = 3, 2
+
+
+@pytest.fixture(scope="module")
+def tiny_nih(data_dir):
+    return load_dataset("nih14-local").subset(SUBSET)
+
+
+def _cfg():
+    return recipe("vanilla_cnn", epochs=EPOCHS, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def cv_run(tiny_nih, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cv")
+    events = []
+    card = crossval.cross_validate("vanilla_cnn", tiny_nih, _cfg(), root, "test", k=K, seed=0,
+                                   progress=events.append, n_boot=20)
+    return root, card, events
+
+
+def test_cv_folds_are_patient_grouped_and_oof_covers_every_image_once(cv_run, tiny_nih):
+    root, card, _ = cv_run
+    preds = checkpoints.read_predictions(root / "vanilla_cnn")
+    p = crossval.pool(tiny_nih)
+    folds = preds["oof_folds"]
+    assert len(folds) == len(preds["oof_probs"]) == SUBSET["train"] + SUBSET["val"]
+    assert np.array_equal(preds["oof_labels"], p.labels)
+    for g in np.unique(p.groups):
+        assert len(set(folds[p.groups == g])) == 1
+    cv = card.extra["cv"]
+    assert sum(cv["fold_images"]) == len(folds) and cv["k"] == K and cv["groups"] == "patients"
+    assert cv["oof_positives"] == {n: int(v) for n, v in zip(card.label_names, p.labels.sum(0))}
+
+
+def test_cv_card_records_the_chosen_epoch_and_fits_on_oof(cv_run):
+    root, card, _ = cv_run
+    cv = card.extra["cv"]
+    assert len(cv["oof_auc_by_epoch"]) == EPOCHS
+    assert cv["chosen_epochs"] == crossval.choose_epochs(np.array(cv["oof_auc_by_epoch"]), cv["smooth"])
+    assert card.best_epoch == card.epochs_run == cv["chosen_epochs"]
+    assert cv["oof_auc_at_chosen"] == cv["oof_auc_by_epoch"][cv["chosen_epochs"] - 1]
+    assert card.calibration["fitted_on"] == "oof" and card.calibration["n"] == SUBSET["train"] + SUBSET["val"]
+    assert "oof" in card.metrics.extra and card.metrics.test is None  # training computes no test metric
+    preds = checkpoints.read_predictions(root / "vanilla_cnn")
+    assert preds["val_probs"].shape == (SUBSET["val"], 14) and preds["test_probs"].shape == (SUBSET["test"], 14)
+    reread = checkpoints.read_card(root / "vanilla_cnn")
+    checkpoints.verify_claims(reread, checkpoints.stored_predictions(root / "vanilla_cnn", reread))
+    assert not (root / "vanilla_cnn" / crossval.CV_DIR).exists()  # the fold work is gone once the model is saved
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_cv_run_resumes_fold_by_fold(tiny_nih, tmp_path):
+    def kill(ev):
+        if ev.get("done") and ev["fold"] == 1 and ev["epoch"] == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        crossval.cross_validate("vanilla_cnn", tiny_nih, _cfg(), tmp_path, "test", k=K, progress=kill, n_boot=20)
+    assert (tmp_path / "vanilla_cnn" / crossval.CV_DIR / "fold0" / crossval.FOLD_FILE).exists()
+    events = []
+    card = crossval.cross_validate("vanilla_cnn", tiny_nih, _cfg(), tmp_path, "test", k=K, progress=events.append,
+                                   n_boot=20)
+    done = [(e["fold"], e["epoch"]) for e in events if e.get("done")]
+    assert done == [(1, 1), (2, 0), (2, 1)] + [("refit", e) for e in range(card.extra["cv"]["chosen_epochs"])]

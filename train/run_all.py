@@ -5,6 +5,8 @@
     python train/run_all.py --models resnet18 densenet121 --epochs 20
     python train/run_all.py --dataset pneumoniamnist-local --size 28 --models efficientnet_lite0
     python train/run_all.py --quick                          # a few-minute smoke run on a real subset
+    python train/run_all.py --models cnn_small --cv 5        # patient-grouped 5-fold CV, then a refit (no test)
+    python train/evaluate_test.py --root checkpoints/nih14-local   # then: the test split, read once
     python train/run_all.py --models resnet18 --train-sizes 100,250,500,all   # learning curve (curves/)
     torchrun --nproc_per_node 2 train/run_all.py --models resnet18   # DistributedDataParallel (gloo on CPU)
 """
@@ -20,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from cxrcore import benchmarks, checkpoints, curves, ood  # noqa: E402
+from cxrcore import benchmarks, checkpoints, crossval, curves, ood  # noqa: E402
 from cxrcore import datasets  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
 from cxrcore.engine import Dist  # noqa: E402
@@ -66,6 +68,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "and test), each into <out>/<dataset>/n<images>/<id> (default out: curves/)")
     p.add_argument("--subset-seed", type=int, default=curves.DEFAULT_SEED,
                    help="seed of the patient order the learning-curve subsets are drawn in")
+    p.add_argument("--cv", type=int, metavar="K",
+                   help="patient-grouped K-fold cross-validation on train + val: epochs, calibration and thresholds "
+                        "from the pooled out-of-fold predictions, then one refit; no test metric is computed "
+                        "(train/evaluate_test.py reads the test split afterwards)")
+    p.add_argument("--cv-seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--pin", action="store_true",
                    help="record the weights now in checkpoints/ (or --out) as trusted in its MANIFEST.json and exit")
     return p.parse_args(argv)
@@ -79,6 +86,12 @@ def overrides(a: argparse.Namespace) -> dict:
                 input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
                 label_smoothing=a.label_smoothing, patience=a.patience, precision=a.precision, compile=a.compile,
                 sync_batchnorm=a.sync_batchnorm)
+
+
+def cv_matches(folder: Path, a: argparse.Namespace) -> bool:
+    """Whether an up-to-date checkpoint was trained the way asked: cross-validated with K folds, or not at all."""
+    cv = checkpoints.read_card(folder).extra.get("cv") or {}
+    return (cv.get("k"), cv.get("seed", a.cv_seed)) == (a.cv, a.cv_seed)
 
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
@@ -138,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         data = data.subset(QUICK_SUBSET)
     dist = Dist.from_env()
+    if a.cv and (dist.world > 1 or a.train_sizes):
+        print("error: --cv runs in one process and not with --train-sizes", file=sys.stderr)
+        return 2
     base_cmd = f"python train/run_all.py --dataset {a.dataset} --size {a.size}"
     runs = [(out, data)]  # (checkpoint root, data) of every run; a learning curve has one per training subset
     if a.train_sizes:
@@ -149,23 +165,33 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for (out, data), model_id in itertools.product(runs, ids):
         cfg = recipe(model_id, **overrides(a))
-        if not a.force and is_up_to_date(out / model_id, model_id, cfg, data):
+        if not a.force and is_up_to_date(out / model_id, model_id, cfg, data) and cv_matches(out / model_id, a):
             if dist.main:
                 print(f"{model_id}: up to date, skipped")
             continue
         cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
         if a.precision is None:  # the rebuild command names the precision this machine chose
             cmd += f" --precision {cfg.precision}"
-        bar = tqdm(total=cfg.epochs, desc=model_id, unit="epoch", disable=not dist.main, dynamic_ncols=True)
+        bar = tqdm(total=cfg.epochs * (a.cv + 1) if a.cv else cfg.epochs, desc=model_id, unit="epoch", disable=not dist.main, dynamic_ncols=True)
 
         def progress(ev: dict, bar=bar) -> None:
+            if ev.get("done") and "fold" in ev:  # cross-validation: k folds of full epochs, then the refit
+                bar.update(1)
+                bar.set_description(f"{model_id} fold {ev['fold']}")
             if ev.get("done"):
-                bar.update(ev["epoch"] + 1 - bar.n)  # a resumed run starts past zero
+                bar.update(0 if "fold" in ev else ev["epoch"] + 1 - bar.n)  # a resumed run starts past zero
                 bar.set_postfix(val_auc=f"{ev['val_auc']:.3f}", loss=f"{ev['train_loss']:.3f}")
             else:
                 bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")
 
         try:
+            if a.cv:
+                card = crossval.cross_validate(model_id, data, cfg, out, cmd, a.cv, a.cv_seed, progress,
+                                               n_boot=200 if a.quick else 1000)
+                cv = card.extra["cv"]
+                print(f"{model_id}: {a.cv}-fold OOF AUC {cv['oof_auc_at_chosen']:.3f} at the chosen "
+                      f"{cv['chosen_epochs']} epochs (refit on train + val); no test metric computed")
+                continue
             card = train_one(model_id, data, cfg, out, cmd, progress, dist, n_boot=200 if a.quick else 1000)
         except checkpoints.CheckpointError as exc:  # a full disk or unwritable folder: say so, keep what was there
             print(f"error: {model_id}: {exc}", file=sys.stderr)
@@ -179,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{card.best_epoch}, val AUC {m.val.auc_macro:.3f}, test AUC {m.test.auc_macro:.3f} "
                   f"[{ci[0]:.3f}, {ci[1]:.3f}]")
     if not dist.main:
+        return 0
+    if a.cv:  # the ensemble, OOD detectors and tables follow once evaluate_test.py has read the test split
+        print(f"cross-validated checkpoints written to {out}; next: python train/evaluate_test.py --root {out}")
         return 0
     if a.train_sizes:
         if a.out is None and not a.quick:  # the project's own curves: BENCHMARKS.md shows them

@@ -29,7 +29,9 @@ def test_test_metrics_written_only_when_asked_and_once(trained):
     root, data = trained
     folder = root / "vanilla_cnn"
     assert checkpoints.read_card(folder).metrics.test is None
+    assert "evaluate_test.py" in checkpoints.scan(root).broken[0].reason  # the app shows no untested model
     assert evaluate_test.main(["--root", str(root), "--n-boot", "30"]) == 0
+    assert [c.id for c in checkpoints.scan(root).found] == ["vanilla_cnn"]
     card = checkpoints.read_card(folder)
     preds = checkpoints.read_predictions(folder)
     assert card.metrics.test.n == 24

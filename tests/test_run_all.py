@@ -96,9 +96,11 @@ def test_quick_run_writes_a_complete_card(quick, model_id):
 def test_quick_run_stores_predictions_for_val_and_test(quick, model_id):
     out, _ = quick
     p = checkpoints.read_predictions(out / model_id)
-    assert set(p) == {"val_probs", "val_labels", "test_probs", "test_labels"}
+    # the calibrated probabilities the app serves, and the network's own beside them
+    assert set(p) == {"val_probs", "val_labels", "test_probs", "test_labels", "val_raw_probs", "test_raw_probs"}
     for split in ("val", "test"):
         probs, labels = p[f"{split}_probs"], p[f"{split}_labels"]
+        assert p[f"{split}_raw_probs"].shape == probs.shape
         assert probs.shape == labels.shape == (QUICK_COUNTS[split], 14)
         assert np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1
         assert set(np.unique(labels)) <= {0.0, 1.0}

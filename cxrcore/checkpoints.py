@@ -405,6 +405,25 @@ def _write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def rewrite(folder: Path, card: dict, predictions: dict[str, np.ndarray] | None = None) -> None:
+    """Replace a checkpoint's card (and stored predictions) in place, weights untouched: for tools that update
+    cards after training (calibration, the test-once evaluation). The card is validated before anything is written;
+    each file goes to a temporary file and is renamed over the old one, predictions first, so a crash between the two
+    leaves a card whose metrics disagree with its predictions, which loading reports as broken."""
+    text = json.dumps(card, indent=2, default=_json_default) + "\n"
+    Card.from_dict(json.loads(text), str(folder / CARD))  # never write a card that would not load
+    files = ([(PREDICTIONS, _predictions_bytes(predictions))] if predictions is not None else []) + [
+        (CARD, text.encode())]
+    for name, data in files:
+        tmp = folder / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            _write(tmp, data)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def _history_bytes(history: list[dict]) -> bytes:
     if not history:
         return b""

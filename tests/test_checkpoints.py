@@ -203,6 +203,27 @@ def test_a_save_killed_mid_way_leaves_the_previous_checkpoint_intact(saved, monk
     assert checkpoints.find(path.parent)[0].card == card
 
 
+def test_rewrite_replaces_card_and_predictions_and_keeps_the_weights(saved):
+    path, _, card, preds, _ = saved
+    weights = (path / WEIGHTS).read_bytes()
+    raw = json.loads((path / "card.json").read_text())
+    raw["rebuild_command"] = "python train/run_all.py --models vanilla_cnn --seed 1"
+    checkpoints.rewrite(path, raw, {k: np.asarray(v) for k, v in preds.items()})
+    assert checkpoints.read_card(path).rebuild_command.endswith("--seed 1")
+    assert (path / WEIGHTS).read_bytes() == weights
+    assert sorted(p.name for p in path.iterdir()) == sorted(folder_bytes(path))  # no temporary file left
+
+
+def test_rewrite_refuses_a_card_that_would_not_load_and_writes_nothing(saved):
+    path = saved[0]
+    before = folder_bytes(path)
+    raw = json.loads((path / "card.json").read_text())
+    raw["label_names"] = "not a list"
+    with pytest.raises(CheckpointError):
+        checkpoints.rewrite(path, raw)
+    assert folder_bytes(path) == before
+
+
 KILLED_SAVE = """
 import sys, time
 from pathlib import Path

@@ -12,7 +12,6 @@ its (now calibrated) members, and the benchmark tables and BENCHMARKS.md are reg
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -23,18 +22,11 @@ import numpy as np  # noqa: E402
 
 from cxrcore import benchmarks, checkpoints, metrics  # noqa: E402
 from cxrcore.calibration import prior_shift  # noqa: E402
-from cxrcore.card import Card  # noqa: E402
 from cxrcore.data import REPO_ROOT  # noqa: E402
 from cxrcore.engine import is_multilabel  # noqa: E402
 from cxrcore.runs import build_ensemble, label_columns, raw_predictions, served_outputs  # noqa: E402
 
 ENSEMBLE = "ensemble"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def test_ece(preds: dict[str, np.ndarray], task: str, key: str) -> float:
@@ -54,13 +46,8 @@ def calibrate_folder(folder: Path, n_boot: int) -> tuple[float, float]:
     losses = {k: card["metrics"].get(k) for k in ("train_loss", "val_loss")}
     card.update(calibration=served.calibration, thresholds=served.thresholds,
                 operating_points=served.operating_points, metrics={**served.metrics, **losses})
-    text = json.dumps(card, indent=2, default=checkpoints._json_default) + "\n"
-    Card.from_dict(json.loads(text), str(folder / checkpoints.CARD))  # never write a card that would not load
     preds = {k: np.asarray(v, dtype=np.float32) for k, v in served.predictions.items()}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **preds)
-    _write_atomic(folder / checkpoints.PREDICTIONS, buf.getvalue())
-    _write_atomic(folder / checkpoints.CARD, text.encode())
+    checkpoints.rewrite(folder, card, preds)
     return test_ece(preds, task, "test_raw_probs"), test_ece(preds, task, "test_probs")
 
 

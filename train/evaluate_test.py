@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from cxrcore import checkpoints, metrics  # noqa: E402
-from cxrcore.card import Card  # noqa: E402
 from cxrcore.data import REPO_ROOT, Dataset, load_dataset  # noqa: E402
 
 
@@ -46,11 +45,7 @@ def evaluate_folder(folder: Path, data: Dataset, n_boot: int = 1000, force: bool
     raw["test_evaluation"] = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "n_boot": n_boot, "patient_level_ci": "patients" in data.extras,
                               "previous": (raw.get("test_evaluation") or {}).get("at")}
-    text = json.dumps(raw, indent=2, default=checkpoints._json_default) + "\n"
-    Card.from_dict(json.loads(text), str(folder / checkpoints.CARD))  # never write a card that would not load
-    tmp = folder / (checkpoints.CARD + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(folder / checkpoints.CARD)
+    checkpoints.rewrite(folder, raw)
     return test
 
 

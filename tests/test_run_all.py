@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,12 @@ def torchrun(script: str, *args: str, timeout: int = 600) -> subprocess.Complete
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), script, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env())
+
+
+def rank_results(folder: Path) -> list[dict]:
+    """What each rank wrote to its own file: printed lines from two processes can interleave mid-line (CI once got
+    'RESULTRESULT {rank 0}' then '{rank 1}' on the next line)."""
+    return sorted((json.loads(p.read_text()) for p in folder.glob("result-*.json")), key=lambda r: r["rank"])
 
 
 # ---- quick failures ------------------------------------------------------------------------------------------------
@@ -180,8 +187,9 @@ RANKS_AGREE = textwrap.dedent("""
     torch.manual_seed(dist.rank)  # different starts: DDP must broadcast rank 0's weights
     res = fit(create_model("vanilla_cnn", 14, 1, 64), spec, data, cfg, Path(sys.argv[1]), dist=dist)
     first = next(res.model.parameters()).flatten()[:5].tolist()
-    print("RESULT", json.dumps({"rank": dist.rank, "val_auc": [r["val_auc"] for r in res.history],
-                                "best": res.best_epoch, "stopped": res.stopped_early, "w": first}), flush=True)
+    Path(sys.argv[2], f"result-{dist.rank}.json").write_text(json.dumps({
+        "rank": dist.rank, "val_auc": [r["val_auc"] for r in res.history], "best": res.best_epoch,
+        "stopped": res.stopped_early, "w": first}))
 """)
 
 
@@ -192,11 +200,10 @@ def test_ddp_ranks_stay_in_step(tmp_path, data_dir):
     them."""
     script = tmp_path / "ranks_agree.py"
     script.write_text(RANKS_AGREE)
-    res = torchrun(str(script), str(tmp_path / "work"), timeout=300)
+    res = torchrun(str(script), str(tmp_path / "work"), str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines()
-                      if "RESULT " in line), key=lambda r: r["rank"])
-    assert [r["rank"] for r in results] == [0, 1]
+    results = rank_results(tmp_path)
+    assert [r["rank"] for r in results] == [0, 1], res.stdout[-2000:] + res.stderr[-2000:]
     r0, r1 = ({k: v for k, v in r.items() if k != "rank"} for r in results)
     assert r0 == r1
 
@@ -231,12 +238,12 @@ RESUME_DDP = textwrap.dedent("""
     sharded = evaluate(res.model, data, "val", prep, make_loss(data, cfg), dist)
     alone = evaluate(res.model, data, "val", prep, make_loss(data, cfg))  # this rank scores every image itself
     drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
-    print("RESULT", json.dumps({
+    Path(sys.argv[3], f"result-{dist.rank}.json").write_text(json.dumps({
         "rank": dist.rank, "resumed_from": res.resumed_from, "same_history": drop(res.history) == drop(full.history),
         "same_weights": all(torch.equal(v, full.model.state_dict()[k]) for k, v in res.model.state_dict().items()),
         "sharded_probs_diff": float(np.abs(sharded["probs"] - alone["probs"]).max()),
         "sharded_auc": [sharded["auc"], alone["auc"]], "n": len(sharded["probs"]),
-        "files": sorted(p.name for p in (work / "run").iterdir())}), flush=True)
+        "files": sorted(p.name for p in (work / "run").iterdir())}))
 """)
 
 
@@ -246,13 +253,12 @@ def test_ddp_resumes_a_killed_run_and_shards_validation(tmp_path, data_dir):
     uninterrupted one, and validation scored in two shards and gathered equals one process scoring every image."""
     script = tmp_path / "resume_ddp.py"
     script.write_text(RESUME_DDP)
-    killed = torchrun(str(script), "interrupt", str(tmp_path / "work"), timeout=300)
-    assert killed.returncode != 0 and "RESULT" not in killed.stdout
+    killed = torchrun(str(script), "interrupt", str(tmp_path / "work"), str(tmp_path), timeout=300)
+    assert killed.returncode != 0 and not rank_results(tmp_path)
     assert (tmp_path / "work" / "run" / ".resume.pt").exists()
-    res = torchrun(str(script), "resume", str(tmp_path / "work"), timeout=300)
+    res = torchrun(str(script), "resume", str(tmp_path / "work"), str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in res.stdout.splitlines()
-                      if "RESULT " in line), key=lambda r: r["rank"])
+    results = rank_results(tmp_path)
     assert [r["rank"] for r in results] == [0, 1], res.stdout[-2000:] + res.stderr[-2000:]
     for r in results:
         assert r["resumed_from"] == 1 and r["same_history"] and r["same_weights"], r

@@ -255,6 +255,14 @@ register("medmnist_baseline", arch="ResNet-18 (MedMNIST v2 recipe)", family="res
                   "pos_weight": 1.0, "augment": False, "weight_decay": 0.0, "patience": 0, "init": "random"},
          paper="MedMNIST v2 (Yang et al. 2023)")(_timm_builder("resnet18"))
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Recipe variants the reference work compared (registered last: a model's colour follows zoo order)
+
+# The three-class pneumonia report's ablation: the same network without weight decay (its best used AdamW 5e-4).
+_register_timm("efficientnet_b0_nowd", "efficientnet_b0", "ra_in1k", arch="EfficientNet-B0, no weight decay",
+               family="efficientnet", cam_layers=_EFFNET_CAM, hparams={**_FP32, "weight_decay": 0.0},
+               scratch_hparams=_SCRATCH, paper="three-class pneumonia report")
+
 
 def create_model(id: str, num_classes: int, in_chans: int = 1, data_size: int = 64) -> nn.Module:
     """A randomly initialised model of a registered id (weights come from :mod:`cxrcore.pretrained`)."""

@@ -18,7 +18,7 @@ BIG = {"resnet152", "densenet161", "densenet201", "vgg16", "vit_b16", "vit_b16_p
 IDS = [pytest.param(i, marks=pytest.mark.slow) if i in BIG else i for i in list_models()]
 EXPECTED = {"vanilla_cnn", "cnn_small", "cnn_deep", "resnet18", "resnet50", "resnet152", "densenet121", "densenet161",
             "densenet201", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vgg16", "vit_b16", "vit_b16_pw50",
-            "vit_b16_lora", "vit_scratch", "vit_scratch_lora", "medmnist_baseline"}
+            "vit_b16_lora", "vit_scratch", "vit_scratch_lora", "medmnist_baseline", "efficientnet_b0_nowd"}
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, help="model input size (images are resized to it)")
     p.add_argument("--freeze-all-but", type=int, help="partial fine-tune: train only the last N blocks and the head")
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the recipe's, 0.05)")
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--force", action="store_true", help="retrain even when the checkpoint is up to date")
@@ -84,7 +85,7 @@ def overrides(a: argparse.Namespace) -> dict:
         pw = float(pw)
     return dict(init=a.init, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, pos_weight=pw,
                 input_size=a.input_size, freeze_all_but=a.freeze_all_but, seed=a.seed,
-                label_smoothing=a.label_smoothing, patience=a.patience, precision=a.precision, compile=a.compile,
+                label_smoothing=a.label_smoothing, weight_decay=a.weight_decay, patience=a.patience, precision=a.precision, compile=a.compile,
                 sync_batchnorm=a.sync_batchnorm)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -44,11 +45,27 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def checksum_splits(images: Mapping[str, torch.Tensor | np.ndarray], labels: Mapping[str, np.ndarray],
+                    rows: int = 4096) -> str:
+    """sha256 over every split's image bytes then labels, read ``rows`` at a time: the digest of the whole buffers
+    without ever copying a memory-mapped split (a slice is copied only when it is not contiguous)."""
+    h = hashlib.sha256()
+    for s in SPLITS:
+        for arr in (images[s], labels[s]):
+            arr = arr.numpy() if isinstance(arr, torch.Tensor) else arr
+            for i in range(0, len(arr), rows):
+                h.update(np.ascontiguousarray(arr[i:i + rows]).data)
+    return h.hexdigest()
+
+
 @dataclass
 class Dataset:
     """All three splits of one dataset: images (N, C, H, W) uint8 (memory-mapped from the cache) and labels (N, L)
     float32 (a class index in one column for binary / multi-class). ``task`` is the card's task string;
-    ``record`` what the card's dataset record adds (split policy, validation seed and fraction, square rule)."""
+    ``record`` what the card's dataset record adds (split policy, validation seed and fraction, square rule).
+    ``checksum``: the split checksum when already known (the cache stores it); a Dataset made otherwise, by
+    ``subset`` or ``dataclasses.replace``, hashes its own arrays once, on first use. Arrays are never changed in
+    place, so the digest stays true."""
 
     name: str
     size: int
@@ -60,10 +77,13 @@ class Dataset:
     md5: str  # MD5 of the source file, or over the source files' contents (see datasets.common.fingerprint)
     extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # e.g. file names, patients per split
     record: dict = field(default_factory=dict)
+    checksum: InitVar[str | None] = None
+    _checksum: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, checksum: str | None) -> None:
         if isinstance(self.task, Task):  # the registry hands a Task; the dataset keeps the card's string
             self.task = self.task.card
+        self._checksum = checksum
 
     @property
     def typed_task(self) -> Task:
@@ -87,13 +107,11 @@ class Dataset:
         return {s: task.prevalence(self.labels[s]) for s in SPLITS}
 
     def split_checksum(self) -> str:
-        """sha256 over every split's labels and image bytes, so a card names exactly the data it saw (hashed from the
-        arrays' own buffers: no copy of a memory-mapped split)."""
-        h = hashlib.sha256()
-        for s in SPLITS:
-            h.update(np.ascontiguousarray(self.images[s].numpy()).data)
-            h.update(np.ascontiguousarray(self.labels[s]).data)
-        return h.hexdigest()
+        """sha256 over every split's image bytes and labels (:func:`checksum_splits`), so a card names exactly the
+        data it saw; computed at most once per Dataset, and once per cached dataset (stored beside the cache)."""
+        if self._checksum is None:
+            self._checksum = checksum_splits(self.images, self.labels)
+        return self._checksum
 
     def subset(self, n_per_split: dict[str, int]) -> "Dataset":
         """First ``n`` images of each split (for quick smoke runs on real data)."""

@@ -186,6 +186,38 @@ def test_file_digests_are_remembered_by_size_and_mtime(tmp_path, monkeypatch):
     assert datasets.load(e, 16).md5 != first.md5 and target in read
 
 
+def test_split_checksum_is_hashed_once_stored_beside_the_cache_and_goes_with_it(tmp_path, cache_dir, monkeypatch):
+    root = folder_tree(tmp_path / "x", patients=2)
+    e = entry(ImageFolder(str(root), patient_pattern=PATIENT))
+    hashed = []
+    real = cache.checksum_splits
+    monkeypatch.setattr(cache, "checksum_splits", lambda *a: hashed.append(1) or real(*a))
+    first = datasets.load(e, 16)
+    (stored,) = cache_dir.rglob(cache.CHECKSUM)
+    assert len(hashed) == 1 and stored.read_text() == first.split_checksum() == real(first.images, first.labels)
+    assert datasets.load(e, 16).split_checksum() == first.split_checksum() and len(hashed) == 1  # read, not hashed
+    stored.unlink()  # a folder cached before checksums were stored gets one on its next load
+    assert datasets.load(e, 16).split_checksum() == first.split_checksum() and len(hashed) == 2 and stored.is_file()
+    write_image(root / "train" / "NORMAL" / "p0N_0.png", 90, "PNG")
+    changed = datasets.load(e, 16)  # new sources: a new folder with its own checksum
+    assert changed.split_checksum() != first.split_checksum() and len(list(cache_dir.rglob(cache.CHECKSUM))) == 2
+
+
+def test_a_medmnist_file_is_hashed_once_while_its_size_and_mtime_hold(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny_8.npz", **{f"{s}_{k}": rng.integers(0, 2 if k == "labels" else 255,
+                                                                   (4, 1) if k == "labels" else (4, 8, 8), np.uint8)
+                                         for s in SPLITS for k in ("images", "labels")})
+    e = entry(MedMNISTFile(str(tmp_path / "tiny_{size}.npz")), split=datasets.OFFICIAL)
+    hashed = []
+    real = common.data.md5sum
+    monkeypatch.setattr(common.data, "md5sum", lambda p: hashed.append(p) or real(p))
+    first = datasets.load(e, 8)
+    assert datasets.load(e, 8).md5 == first.md5 == real(tmp_path / "tiny_8.npz") and len(hashed) == 1
+    os.utime(tmp_path / "tiny_8.npz", ns=(0, 1))
+    assert datasets.load(e, 8).md5 == first.md5 and len(hashed) == 2
+
+
 def test_cache_root_defaults_to_the_user_cache(monkeypatch):
     monkeypatch.delenv("CXR_CACHE_DIR")
     assert cache.cache_root() == Path.home() / ".cache" / "cxr-compare"

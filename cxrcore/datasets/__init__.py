@@ -50,4 +50,5 @@ def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, do
     splits, _ = cached
     return Dataset(entry.name, size, entry.task, list(entry.labels),
                    {s: torch.from_numpy(splits.images[s]) for s in SPLITS}, dict(splits.labels), scan.origin,
-                   scan.fingerprint, splits.extras, {**splits.record, "square": entry.square, "cache_key": key})
+                   scan.fingerprint, splits.extras, {**splits.record, "square": entry.square, "cache_key": key},
+                   checksum=cache.split_checksum(path, splits))

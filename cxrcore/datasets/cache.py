@@ -1,7 +1,9 @@
 """The decoded-dataset cache: one folder per (dataset, size, content key) holding an uncompressed ``.npy`` per split
 array, memory-mapped on load so every process of a node (DDP ranks, app workers) shares one copy in the page cache.
 
-A folder appears whole or not at all: it is written under a temporary name and renamed into place.
+A folder appears whole or not at all: it is written under a temporary name and renamed into place. The split
+checksum the cards record is computed once per folder, streaming, and stored in it (``split_checksum``), so it goes
+with the folder when its sources change.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import SPLITS
+from ..data import SPLITS, checksum_splits
 from .common import Splits
 
 LOADER_VERSION = 2  # bump when decoding or the layout of the cache changes: old folders are then never read
 META = "meta.json"
+CHECKSUM = "split_checksum"
 
 
 def cache_root() -> Path:
@@ -68,3 +71,23 @@ def write(path: Path, splits: Splits, meta: dict) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def split_checksum(path: Path, splits: Splits) -> str:
+    """The folder's stored split checksum; hashed from the mapped arrays and stored (atomically) when the folder has
+    none yet (written before checksums were stored, or by a writer that lost the race)."""
+    stored = path / CHECKSUM
+    try:
+        digest = stored.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    digest = checksum_splits(splits.images, splits.labels)
+    tmp = path / f".{CHECKSUM}.{os.getpid()}"
+    try:
+        tmp.write_text(digest)
+        tmp.replace(stored)
+    except OSError:  # a read-only cache still loads; the digest is then recomputed by the next process
+        tmp.unlink(missing_ok=True)
+    return digest

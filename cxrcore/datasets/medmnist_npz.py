@@ -15,7 +15,7 @@ import numpy as np
 from .. import data
 from ..data import SPLITS, DatasetNotFound
 from ..task import kind_of
-from .common import DatasetError, Scan, Splits, root_of
+from .common import DatasetError, Scan, Splits, file_md5, root_of
 from .registry import DatasetEntry
 
 MEDMNIST_PROVENANCE = "MedMNIST v2 (Yang et al., Scientific Data 2023; CC BY 4.0), the official split"
@@ -51,7 +51,7 @@ class MedMNISTFile:
         if not path.exists():
             raise DatasetNotFound(f"{entry.name} at {size} px needs {path}. Set CXR_DATA_DIR to the folder holding "
                                   f"{Path(self.pattern.format(size=size)).name} (the project's shared data folder).")
-        return Scan(data.md5sum(path), str(path), lambda: read_npz(path, entry))
+        return Scan(file_md5(path), str(path), lambda: read_npz(path, entry))
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class MedMNISTOfficial:
         if not path.exists():
             raise DatasetNotFound(f"{path} not found and download is off. Download {info[f'url{suffix}']} into "
                                   f"{root} (or set MEDMNIST_ROOT), or pass --download on a machine with internet.")
-        md5 = data.md5sum(path)
+        md5 = file_md5(path)
         if md5 != info[f"MD5{suffix}"]:
             raise ValueError(f"{path} has MD5 {md5}, expected {info[f'MD5{suffix}']}: the file is corrupt or not "
                              "official")

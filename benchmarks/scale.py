@@ -1,15 +1,18 @@
-"""Scale check on a synthetic, memory-mapped dataset of full ChestMNIST's shape (run by hand).
+"""Scale check on a synthetic dataset of full ChestMNIST's shape, loaded the way training loads it (run by hand).
 
-    python benchmarks/scale.py --make /tmp/chestmnist64                # write the .npy files once (460 MB at 64 px)
-    python benchmarks/scale.py --data /tmp/chestmnist64                # one process
-    torchrun --nproc_per_node 2 benchmarks/scale.py --data /tmp/chestmnist64    # two ranks (gloo on CPUs)
+    python benchmarks/scale.py --make /tmp/chestmnist_64.npz           # a MedMNIST-layout npz, once (460 MB at 64 px)
+    python benchmarks/scale.py --data /tmp/chestmnist_64.npz           # one process (the first run fills the cache)
+    torchrun --nproc_per_node 2 benchmarks/scale.py --data /tmp/chestmnist_64.npz   # two ranks (gloo on CPUs)
 
-Each split is an uncompressed .npy opened with ``mmap_mode="r"``: every rank of a node maps the same file, so the
-page cache holds one copy and a process's private (anonymous) memory does not grow with the dataset. Printed per
-rank: load time, peak RSS and the file-backed / private split of the resident memory; per input size, the time of
-``fit``'s step with its data path (rows gathered from the mapped file, resized, normalised and augmented) against the
-model-only step on a ready batch, alternated (A B A B, medians); sharded validation time; and, on rank 0, the card's
-metrics (1,000 patient-level bootstrap resamples) for a test split of 22,433 images x 14 labels.
+The file is read through the real dataset path (:func:`cxrcore.datasets.load` of a ``MedMNISTFile`` entry built on
+the fly): the first run decodes it once into the dataset cache (``$CXR_CACHE_DIR``) and stores its split checksum
+there; later runs, and every DDP rank, memory-map the cached uncompressed ``.npy`` splits, so the page cache holds one
+copy and a process's private (anonymous) memory does not grow with the dataset. Run one process first: ranks that
+all find the cache empty each decode it. Printed per rank: load time (cold or cached), peak RSS and the file-backed /
+private split of the resident memory; per input size, the time of ``fit``'s step with its data path (rows gathered
+from the mapped file, resized, normalised and augmented) against the model-only step on a ready batch, alternated
+(A B A B, medians); sharded validation time; and, on rank 0, the card's metrics (1,000 patient-level bootstrap
+resamples) for a test split of 22,433 images x 14 labels.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import resource
 import statistics
 import sys
 import time
-import warnings
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cxrcore import metrics  # noqa: E402
+from cxrcore import datasets, metrics  # noqa: E402
 from cxrcore.data import Augment, Dataset  # noqa: E402
+from cxrcore.datasets import cache  # noqa: E402
+from cxrcore.datasets.builtin import NIH14  # noqa: E402
 from cxrcore.engine import (DeviceRows, Dist, Prepared, TrainConfig, TrainStep, device, evaluate,  # noqa: E402
                             make_loss, make_optimizer, resolve_precision)
 from cxrcore.zoo import create_model, get_spec  # noqa: E402
@@ -37,28 +42,37 @@ LABELS = 14
 PREVALENCE = np.array([.10, .025, .12, .18, .05, .055, .012, .047, .04, .02, .022, .015, .03, .002])  # about NIH's
 
 
-def make(folder: Path, size: int, seed: int = 0) -> None:
-    """Random uint8 images and labels of ChestMNIST's shape, written chunk-wise (never all in memory)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def make(path: Path, size: int, seed: int = 0) -> None:
+    """Random uint8 images and labels of ChestMNIST's shape in MedMNIST's npz layout (stored, not deflated, as
+    MedMNIST's are), written chunk-wise into the zip (never a whole split in memory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for split, n in COUNTS.items():
-        images = np.lib.format.open_memmap(folder / f"{split}_images.npy", "w+", np.uint8, (n, 1, size, size))
-        for i in range(0, n, 4096):
-            images[i:i + 4096] = rng.integers(0, 256, images[i:i + 4096].shape, dtype=np.uint8)
-        images.flush()
-        np.save(folder / f"{split}_labels.npy", (rng.uniform(size=(n, LABELS)) < PREVALENCE).astype(np.float32))
-    print(f"wrote {folder} ({sum(f.stat().st_size for f in folder.iterdir()) / 1e6:.0f} MB)")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for split, n in COUNTS.items():
+            with z.open(f"{split}_images.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (n, size, size)})
+                for i in range(0, n, 4096):
+                    f.write(rng.integers(0, 256, (min(4096, n - i), size, size), dtype=np.uint8).tobytes())
+            with z.open(f"{split}_labels.npy", "w") as f:
+                np.save(f, (rng.uniform(size=(n, LABELS)) < PREVALENCE).astype(np.uint8))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)")
 
 
-def load(folder: Path) -> Dataset:
-    """The splits as tensors over the mapped files (no copy)."""
-    with warnings.catch_warnings():  # read-only mapping: torch warns that it may not write to it (it never does)
-        warnings.simplefilter("ignore", UserWarning)
-        images = {s: torch.from_numpy(np.load(folder / f"{s}_images.npy", mmap_mode="r")) for s in COUNTS}
-    labels = {s: np.load(folder / f"{s}_labels.npy") for s in COUNTS}
-    size = images["train"].shape[-1]
-    return Dataset("synthetic-chestmnist", size, metrics.TASK_MULTILABEL, [f"label{j}" for j in range(LABELS)],
-                   images, labels, str(folder), "none")
+def entry_for(path: Path) -> datasets.DatasetEntry:
+    """An unregistered entry for the synthetic file: the layout, task and labels of ChestMNIST."""
+    pattern = str(path.resolve()).replace("{", "{{").replace("}", "}}")
+    return datasets.DatasetEntry("synthetic-chestmnist", "Synthetic ChestMNIST-shaped", "multi-label", NIH14,
+                                 "random pixels and labels (benchmarks/scale.py)", datasets.MedMNISTFile(pattern))
+
+
+def load(path: Path, size: int) -> tuple[Dataset, bool]:
+    """The dataset as training gets it, and whether this call decoded it (cold) rather than mapping the cache."""
+    entry = entry_for(path)
+    folders = lambda: set((cache.cache_root() / entry.name).glob(f"{size}px-*"))  # noqa: E731
+    before = folders()
+    data = datasets.load(entry, size)
+    return data, folders() != before
 
 
 def memory() -> str:
@@ -120,9 +134,9 @@ def step_times(data: Dataset, size: int, batch: int, rounds: int, steps: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--make", type=Path, help="write the synthetic files into this folder and exit")
-    p.add_argument("--size", type=int, default=64, help="image size of the files --make writes")
-    p.add_argument("--data", type=Path, help="folder written by --make")
+    p.add_argument("--make", type=Path, help="write the synthetic npz file here and exit")
+    p.add_argument("--size", type=int, default=64, help="image size of the file (--make writes it, --data reads it)")
+    p.add_argument("--data", type=Path, help="npz file written by --make")
     p.add_argument("--input-sizes", nargs="+", type=int, default=[64, 224], help="model input sizes to time")
     p.add_argument("--batch", type=int, default=32, help="per rank")
     p.add_argument("--rounds", type=int, default=3)
@@ -137,9 +151,11 @@ def main() -> None:
     dist = Dist.from_env()
     tag = f"[rank {dist.rank}/{dist.world}]"
     t0 = time.perf_counter()
-    data = load(a.data)
-    print(f"{tag} load {time.perf_counter() - t0:.2f} s ({sum(x.nbytes for x in data.images.values()) / 1e6:.0f} MB "
-          f"mapped); {memory()}", flush=True)
+    data, cold = load(a.data, a.size)
+    checksum = data.split_checksum()  # what a card records: stored beside the cache, never re-hashed
+    print(f"{tag} load {time.perf_counter() - t0:.2f} s, {'decoded into the cache' if cold else 'from the cache'} "
+          f"({sum(x.nbytes for x in data.images.values()) / 1e6:.0f} MB mapped, split checksum "
+          f"{checksum[:12]}); {memory()}", flush=True)
     t0 = time.perf_counter()
     for x in data.images.values():  # read one byte of every page: the whole dataset resident, nothing copied
         int(x.view(-1)[::4096].sum())
@@ -151,7 +167,7 @@ def main() -> None:
               f"{100 * t['data'] / t['model']:.1f} % of the model-only step ({t['model'] * 1e3:.0f} ms); whole step "
               f"with data path {t['step'] * 1e3:.0f} ms ({100 * (t['step'] / t['model'] - 1):+.1f} %)", flush=True)
     if a.val_images:
-        data.images["val"], data.labels["val"] = data.images["val"][:a.val_images], data.labels["val"][:a.val_images]
+        data = data.subset({"val": a.val_images})
     spec = get_spec("resnet18")
     model = create_model("resnet18", LABELS, 1, data.size).to(dev).to(memory_format=torch.channels_last)
     prep = Prepared(data.size, *spec.norm, 1, channels_last=True, precision=resolve_precision("auto", dev))

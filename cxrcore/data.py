@@ -113,6 +113,11 @@ class Dataset:
             self._checksum = checksum_splits(self.images, self.labels)
         return self._checksum
 
+    def split(self, name: str) -> "Split":
+        """One split as plain arrays (no copy)."""
+        return Split(self.name, name, self.size, self.task, self.label_names, self.images[name].numpy(),
+                     self.labels[name], split_names(self.name, name, self.extras, len(self.labels[name])))
+
     def subset(self, n_per_split: dict[str, int]) -> "Dataset":
         """First ``n`` images of each split (for quick smoke runs on real data)."""
         return Dataset(
@@ -123,6 +128,35 @@ class Dataset:
             {k: {s: v[s][: n_per_split.get(s)] for s in SPLITS} for k, v in self.extras.items()},
             {**self.record, "subset": dict(n_per_split)},
         )
+
+
+def split_names(dataset: str, split: str, extras: Mapping[str, Mapping[str, np.ndarray]], n: int) -> list[str]:
+    """How each image of a split is named: its file name when the source names files, else dataset and index."""
+    names = extras.get("names", {}).get(split)
+    return [str(x) for x in names] if names is not None else [f"{dataset} {split} #{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset, for views that need no other (the app's test-image picker): images (N, C, H, W)
+    uint8, memory-mapped when read from the cache, labels as in :class:`Dataset`, and each image's name."""
+
+    dataset: str
+    name: str
+    size: int
+    task: str
+    label_names: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def truth(self, index: int) -> list[str]:
+        """The label names image ``index`` carries."""
+        return Task.parse(self.task, self.label_names).names_of(self.labels[index])
 
 
 def load_dataset(name: str = DEFAULT_DATASET, size: int | None = None, download: bool = False) -> Dataset:

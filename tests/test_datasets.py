@@ -218,6 +218,26 @@ def test_a_medmnist_file_is_hashed_once_while_its_size_and_mtime_hold(tmp_path, 
     assert datasets.load(e, 8).md5 == first.md5 and len(hashed) == 2
 
 
+def test_one_split_is_read_from_the_cache_alone_and_by_the_cards_key_without_a_scan(tmp_path, cache_dir,
+                                                                                    monkeypatch):
+    root = folder_tree(tmp_path / "x", patients=2)
+    monkeypatch.setitem(datasets.registry._REGISTRY, "tiny", entry(ImageFolder(str(root), patient_pattern=PATIENT)))
+    scans, reads = [], []
+    real_scan, real_load = ImageFolder.scan, np.load
+    monkeypatch.setattr(ImageFolder, "scan", lambda *a: scans.append(1) or real_scan(*a))
+    monkeypatch.setattr(np, "load", lambda f, *a, **k: reads.append(Path(f).name) or real_load(f, *a, **k))
+    cold = datasets.load_split("tiny", 16, "test")  # nothing cached: decoded once, as training would
+    full = datasets.load("tiny", 16)
+    np.testing.assert_array_equal(cold.images, full.images["test"].numpy())
+    assert cold.names == full.split("test").names and cold.labels.tolist() == full.labels["test"].tolist()
+    assert cold.truth(0) == full.typed_task.names_of(full.labels["test"][0])
+    scans.clear(), reads.clear()
+    by_key = datasets.load_split("tiny", 16, "test", full.record["cache_key"])
+    assert not scans and not [f for f in reads if not f.startswith("test_")]  # no scan, no other split read
+    assert isinstance(by_key.images, np.memmap) and by_key.names == cold.names and by_key.channels == 1
+    assert datasets.load_split("tiny", 16, "val", "no-such-key").names == full.split("val").names and scans
+
+
 def test_cache_root_defaults_to_the_user_cache(monkeypatch):
     monkeypatch.delenv("CXR_CACHE_DIR")
     assert cache.cache_root() == Path.home() / ".cache" / "cxr-compare"

@@ -3,17 +3,20 @@
     from cxrcore import datasets
     ds = datasets.load("kermany-pneumonia3", 128)     # decodes once, then memory-maps the cached arrays
     datasets.get("blood-cells").provenance             # what cards, the app and benchmarks show
+    datasets.load_split("nih14-local", 64, "test", card.dataset.extra["cache_key"])   # one split, no scan
 
 Layouts: :class:`MedMNISTFile` / :class:`MedMNISTOfficial` (npz), :class:`ImageFolder`, :class:`LabelsCSV`,
 :class:`NIHRelease`. Add a dataset with :func:`register` (see ``builtin.py`` and the README).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from ..data import SPLITS, Dataset, DatasetNotFound
+from ..data import SPLITS, Dataset, DatasetNotFound, Split, split_names
 from . import cache
-from .common import DatasetError
+from .common import DatasetError, Scan
 from .image_folder import ImageFolder
 from .labels_csv import LabelsCSV
 from .medmnist_npz import MedMNISTFile, MedMNISTOfficial
@@ -25,7 +28,15 @@ DEFAULT_DATASET = "nih14-local"
 
 __all__ = ["DEFAULT_DATASET", "DatasetEntry", "DatasetError", "DatasetNotFound", "ImageFolder", "LabelsCSV",
            "MedMNISTFile", "MedMNISTOfficial", "NIHRelease", "OFFICIAL", "SplitPolicy", "entries", "find", "get",
-           "load", "names", "register"]
+           "load", "load_split", "names", "register"]
+
+
+def _locate(entry: DatasetEntry, size: int, download: bool) -> tuple[Scan, str, Path]:
+    """The entry's sources found on disk, their cache key and cache folder."""
+    scan = entry.source.scan(entry, size, download)
+    key = cache.key(entry.name, size, scan.fingerprint, entry.kind, entry.labels, entry.split, entry.square,
+                    entry.channels)
+    return scan, key, cache.folder(entry.name, size, key)
 
 
 def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, download: bool = False) -> Dataset:
@@ -33,10 +44,7 @@ def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, do
     when its sources are unchanged, else decoded once (with a progress bar) and cached."""
     entry = name if isinstance(name, DatasetEntry) else get(name)
     size = size or entry.default_size
-    scan = entry.source.scan(entry, size, download)
-    key = cache.key(entry.name, size, scan.fingerprint, entry.kind, entry.labels, entry.split, entry.square,
-                    entry.channels)
-    path = cache.folder(entry.name, size, key)
+    scan, key, path = _locate(entry, size, download)
     cached = cache.read(path)
     if cached is None:
         splits = scan.build()
@@ -52,3 +60,21 @@ def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, do
                    {s: torch.from_numpy(splits.images[s]) for s in SPLITS}, dict(splits.labels), scan.origin,
                    scan.fingerprint, splits.extras, {**splits.record, "square": entry.square, "cache_key": key},
                    checksum=cache.split_checksum(path, splits))
+
+
+def load_split(name: str, size: int, split: str = "test", cache_key: str | None = None) -> Split:
+    """One split, memory-mapped from the cache without reading the others. With the ``cache_key`` a card records,
+    the folder is opened directly: no source is scanned or hashed. Otherwise (older cards, or that folder gone) the
+    sources are scanned for the key, and decoded once into the cache, as training does, when they are not there."""
+    entry = get(name)
+    path = cache.folder(entry.name, size, cache_key) if cache_key else None
+    found = cache.read_split(path, split) if path else None
+    if found is None:
+        _, _, path = _locate(entry, size, False)
+        found = cache.read_split(path, split)
+    if found is None:
+        load(entry, size)
+        found = cache.read_split(path, split)
+    images, labels, extras = found
+    return Split(entry.name, split, size, entry.task.card, list(entry.labels), images, labels,
+                 split_names(entry.name, split, {k: {split: v} for k, v in extras.items()}, len(labels)))

@@ -51,6 +51,18 @@ def read(path: Path) -> tuple[Splits, dict] | None:
     return Splits(images, labels, extras, meta["record"]), meta
 
 
+def read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+    """One split's images (memory-mapped read-only), labels and extras, reading no other split; None when the folder
+    is not cached."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        return None
+    extras = json.loads(meta_path.read_text())["extras"]
+    return (np.load(path / f"{split}_images.npy", mmap_mode="r", allow_pickle=False),
+            np.load(path / f"{split}_labels.npy", allow_pickle=False),
+            {k: np.load(path / f"{split}_{k}.npy", allow_pickle=False) for k in extras})
+
+
 def write(path: Path, splits: Splits, meta: dict) -> None:
     """Write the splits under a temporary folder beside ``path`` and rename it into place; a concurrent writer of
     the same key (another rank) may win, which is fine: both wrote the same content."""

@@ -142,6 +142,13 @@ class Comparison:
         """What a column is, in words: a model id, or the live mean of the chosen models."""
         return f"mean of {len(self.members)} selected" if column == ENSEMBLE else column
 
+    def call_text(self, label: str, column: str) -> str:
+        """A cell's probability, threshold and call in words, for CAM captions in the app and the PDF."""
+        p, t = self.probs.at[label, column], self.thresholds.at[label, column]
+        if np.isnan(t):
+            return f"p={p:.2f}, no call (no threshold)"
+        return f"p={p:.2f}, {'positive' if p >= t else 'negative'} at threshold {t:.3f}"
+
     def scores(self, comparable: bool = False) -> pd.DataFrame:
         """The calibrated probabilities, or (``comparable``) each column's score moved so its threshold sits at
         0.5 (:func:`metrics.op_norm`): the same value means the same call in every cell; NaN where no call."""
@@ -177,14 +184,24 @@ class Comparison:
         return pd.DataFrame(rows, columns=["column", "label", "probability", "threshold", "sensitivity",
                                            "specificity", "ppv", "positives"])
 
-    def not_estimable(self) -> dict[str, list[str]]:
-        """Per column, the labels it makes no call for and why (e.g. "Hernia: too few positives (n=1)")."""
+    def not_estimable(self) -> dict[str, str]:
+        """Per label without a call from some column, one short line: each reason once, with the columns it holds
+        for ("too few positives (n=1): all 10 models and the mean"), so ten models never repeat one reason ten times."""
         out = {}
-        for col, pts in self.points.items():
-            why = [f"{name}: {p.reason}" for name, p in zip(self.probs.index, pts) if p.threshold is None]
-            if why:
-                out[self.label(col)] = why
+        for j, name in enumerate(self.probs.index):
+            by_reason: dict[str, list[str]] = {}
+            for col, pts in self.points.items():
+                if pts[j].threshold is None:
+                    by_reason.setdefault(pts[j].reason, []).append(col)
+            if by_reason:
+                out[name] = "; ".join(f"{reason}: {self._columns_in_words(cols)}" for reason, cols in by_reason.items())
         return out
+
+    def _columns_in_words(self, cols: list[str]) -> str:
+        models = [c for c in cols if c != ENSEMBLE]
+        every = len(models) == len(self.models) and len(models) > 1
+        named = f"all {len(models)} models" if every else ", ".join(models)
+        return " and ".join(filter(None, [named, "the mean" if ENSEMBLE in cols else ""]))
 
     def flat(self) -> pd.DataFrame:
         """One row per label for the CSV download: each column's probability, threshold and call, then agreement."""
@@ -433,15 +450,18 @@ def report_model(card: Card) -> ReportModel:
 
 
 def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards: Sequence[Card], source: str,
-                cams: Sequence[tuple[str, np.ndarray]] = (), ood: str | None = None, created: str = "") -> CaseReport:
+                cams: Sequence[tuple[str, np.ndarray]] = (), ood: str | None = None, created: str = "",
+                user_set: Mapping[str, Iterable[str]] | None = None) -> CaseReport:
     """The comparison as the report's plain data: model ids as columns, then the live mean, headed as the page heads
-    it ("mean of N selected"); a label without a threshold prints n/a and no call."""
+    it ("mean of N selected"); a label without a threshold prints no call; ``user_set``: per column (model id or
+    ENSEMBLE), the labels whose threshold the user set."""
     cols = list(comparison.probs.columns)
+    marked = {comparison.label(c): list(labels) for c, labels in (user_set or {}).items() if c in cols and labels}
     return CaseReport(
         image=image, filename=filename, label_names=list(comparison.probs.index),
         model_ids=[comparison.label(c) for c in cols],
         probs={comparison.label(c): comparison.probs[c].tolist() for c in cols},
         thresholds={comparison.label(c): comparison.thresholds[c].tolist() for c in cols},
         threshold_source=source, models=[report_model(c) for c in cards], cams=list(cams), ood_warning=ood,
-        created=created,
+        created=created, user_set=marked,
     )

@@ -10,6 +10,13 @@ from cxrcore.curves import curves_root
 from cxrcore.task import kind_of
 from pages import _common as ui
 
+
+
+def auc_axis(*lows: float) -> list[float]:
+    """An AUC axis from chance (0.5) to 1, lower only to show a value or interval that falls below chance."""
+    return [min([0.5, *(float(v) - 0.02 for v in lows if v is not None and v < 0.5)]), 1.0]
+
+
 sel = ui.selection()
 ui.header("Benchmarks", "Measured in this project, from the model cards and stored predictions: the test split "
           "was never used for training or for choosing thresholds.", sel)
@@ -49,8 +56,8 @@ lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_ma
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
                        error_y=dict(type="data", symmetric=False, array=list(hi) - table["test_auc"],
                                     arrayminus=table["test_auc"] - list(lo))))
-fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance")
-fig.update_layout(yaxis=dict(title="test AUC", range=[0.4, 1]), height=320, margin=dict(l=10, r=10, t=20, b=10))
+fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)")
+fig.update_layout(yaxis=dict(title="test AUC", range=auc_axis(*lo)), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
 
 per_label, curves, prevalence, calibration, confusion, learning = st.tabs(
@@ -60,7 +67,8 @@ with per_label:
     metric = st.radio("Metric", ["auc", "sensitivity", "specificity"], horizontal=True, key="bench_metric",
                       format_func={"auc": "AUC", "sensitivity": "Sensitivity", "specificity": "Specificity"}.get)
     matrix = pd.DataFrame(benchmarks.per_label_table(cks, metric)).set_index("label").T.astype(float)
-    fig = px.imshow(matrix, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="RdYlGn", aspect="auto")
+    fig = px.imshow(matrix, text_auto=".2f", zmin=0.5 if metric == "auc" else 0, zmax=1,  # AUC: red at chance
+                    color_continuous_scale="RdYlGn", aspect="auto")
     fig.update_layout(height=120 + 32 * len(matrix), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="per_label_heatmap")
     st.caption("Test split. Sensitivity and specificity at each card's validation-chosen threshold; blank: undefined.")
@@ -144,8 +152,9 @@ with learning:
                 line=dict(color=palette[model_id]),
                 error_y=dict(type="data", symmetric=False, array=part["test_auc_hi"] - part["test_auc"],
                              arrayminus=part["test_auc"] - part["test_auc_lo"])))
-        fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance")
-        fig.update_layout(xaxis=dict(title="training images", type="log"), yaxis=dict(title="test AUC"), height=440,
+        fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)")
+        fig.update_layout(xaxis=dict(title="training images", type="log"), yaxis=dict(title="test AUC",
+                          range=auc_axis(*curve["test_auc_lo"])), height=440,
                           margin=dict(l=10, r=10, t=10, b=10))
         st.plotly_chart(fig, key="learning_curve")
         st.dataframe(curve, hide_index=True)

@@ -6,10 +6,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import compare, report
+from cxrcore import compare, html_table, report
 from cxrcore.compare import ENSEMBLE
 from cxrcore.task import kind_of
 from pages import _common as ui
+from pages import _viewer
 
 
 def probability_chart(comp: compare.Comparison, comparable: bool) -> go.Figure:
@@ -44,12 +45,13 @@ def build_report(case: compare.Case, sel: ui.Selection, comp: compare.Comparison
         label = compare.top_label(comp.probs[model_id], sel.label_names)
         status.update(label=f"Grad-CAM: {model_id}, {label}")
         heat = ui.cam(case, sel, model_id, label, "GradCAM")
-        panels.append((compare.cam_caption(f"{model_id}: {label} (p={comp.probs.at[label, model_id]:.2f})", heat,
+        panels.append((compare.cam_caption(f"{model_id}, {label}: {comp.call_text(label, model_id)}", heat,
                                            case.boxes),
                        compare.cam_panel(square, heat, boxes=case.boxes)))
         bar.progress((k + 1) / len(comp.models))
     data = compare.case_report(comp, case.image.pixels, name, [sel.checkpoint(i).card for i in comp.models], source,
-                               panels, warning, dt.datetime.now().isoformat(timespec="seconds"))
+                               panels, warning, dt.datetime.now().isoformat(timespec="seconds"),
+                               ui.overrides(sel.dataset))
     return report.case_report_pdf(data)
 
 
@@ -59,7 +61,7 @@ ui.header("Compare", "Upload a chest X-ray to see how each model reads it: proba
 ui.need_models(sel)
 
 banner = st.container()  # the out-of-distribution warning goes here: above the results, never below the fold
-left, right = st.columns([2, 5], gap="large")
+left, right = st.columns([5, 6], gap="large")
 with left:
     ui.image_input(sel)
 case = ui.case()
@@ -70,12 +72,13 @@ if case is None:
 
 with left:
     image = case.image
-    st.image(compare.film_with_region(image.pixels), width="stretch",
-             caption=ui.plain(f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} px, "
-                              f"{image.bit_depth}-bit {image.original_mode}"))
-    sizes = sorted({m.data_size for m in sel.models.values()})
-    st.caption(f"The models see only the outlined centre square (the whole film when it is square), resized to "
-               f"{' / '.join(map(str, sizes))} px exactly as in training.")
+    _viewer.show(case, "compare")
+    sizes = sorted({sel.checkpoint(i).card.dataset.size for i in sel.ids})
+    st.caption(ui.plain(f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} px, "
+                        f"{image.bit_depth}-bit {image.original_mode}"))
+    st.caption(f"Wheel: zoom; drag: pan; right- or shift-drag: window/level. The models see only the dashed centre "
+               f"square (the whole film when it is square), resized to {' / '.join(map(str, sizes))} px exactly as "
+               "in training.")
     if case.truth is not None:
         st.caption(f"Dataset labels ({case.source}): **{', '.join(case.truth) or 'No finding'}**")
     show_ids = bool(image.identifiers) and st.checkbox(
@@ -88,12 +91,12 @@ with left:
 warning = ui.ood(case, sel)
 if warning:
     banner.warning(f"**Out-of-distribution warning.** {warning} The results below are greyed out.",
-                 icon=":material/warning:")
+                   icon=":material/warning:")
 
 comp = ui.comparison(case, sel)
 agree = comp.agreement()
-calls = comp.calls
 lead = ENSEMBLE if ENSEMBLE in comp.probs else comp.models[0]
+source = compare.threshold_source(ui.overrides(sel.dataset))
 
 with right:
     comparable = st.toggle("Comparable score (each model's threshold at 0.5)", key="comparable",
@@ -109,40 +112,7 @@ with right:
                   "validation films without any finding. Read each call with its PPV below.")
     c.metric("Labels where models split", int(agree["split"].sum()), border=True,
              help="At least one model calls the label positive and at least one negative (no call counts neither).")
-    table = pd.DataFrame(index=comp.probs.index)  # what to read first, then one column per model
-    if case.truth is not None:
-        table["Truth"] = ["✓" if label in case.truth else "" for label in table.index]
-    if ENSEMBLE in comp.probs:
-        table[ENSEMBLE] = scores[ENSEMBLE]
-    if len(comp.models) > 1:
-        table["Votes +"] = [f"{p}/{p + n}" if p + n else "no call" for p, n in
-                            zip(agree["n_positive"], agree["n_negative"])]
-        table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
-        table["SD"] = agree["sd"]
-    table = table.join(scores[comp.models])
     multiclass = kind_of(sel.task) == "multi-class"
-    if multiclass:  # one of several classes per image: each model's prediction is its most probable class
-        table.insert(int("Truth" in table), "Predicted by", compare.predicted_by(comp))
-    if warning:
-        st.caption("**Greyed out: this image failed the out-of-distribution checks above**, so no cell is coloured "
-                   "as a call; the numbers are shown for reference only.")
-    st.dataframe(ui.call_style(comp, table, greyed=bool(warning)), height=38 + 35 * len(table), width="stretch", column_config={
-        "_index": st.column_config.TextColumn("Label", width="medium", pinned=True),
-        ENSEMBLE: st.column_config.NumberColumn(comp.label(ENSEMBLE), help="Live mean of the calibrated "
-                                                "probabilities of the models chosen in the sidebar: "
-                                                + ", ".join(comp.members)),
-        "SD": st.column_config.NumberColumn(help="Spread (standard deviation) of the models' calibrated probabilities"),
-        "Votes +": st.column_config.TextColumn(help="Models calling the label positive, of those making a call"),
-        **{m: st.column_config.NumberColumn(width="small", help=m) for m in comp.models}})
-    source = compare.threshold_source(ui.overrides(sel.dataset))
-    meaning = ("comparable score: 0.5 is the model's threshold" if comparable else
-               "calibrated probability (fitted on validation; raw scores overstated every finding)")
-    st.caption(f"Cells: {meaning}. **Red, bold: positive call** (at or above the model's threshold); green: negative; "
-               f"grey italics: no call (no threshold with enough evidence). {comp.label(ENSEMBLE)}: the live mean "
-               f"of the chosen models, not the stored ensemble of the Benchmarks page. Thresholds: {source}."
-               if ENSEMBLE in comp.probs else
-               f"Cells: {meaning}. **Red, bold: positive call**; green: negative; grey italics: no call. "
-               f"Thresholds: {source}.")
     if multiclass:
         predicted = compare.predicted_classes(comp)
         st.markdown(f"**Predicted class ({comp.label(lead)}): {predicted[lead]}** "
@@ -152,13 +122,49 @@ with right:
     if len(positives):
         st.markdown("**Each positive call and the evidence behind its threshold (validation split)**")
         num = st.column_config.NumberColumn
-        st.dataframe(positives, hide_index=True, width="stretch", column_config={
-            "probability": num("Calibrated p", format="%.2f"), "threshold": num("Threshold", format="%.3f"),
-            "sensitivity": num("Sensitivity", format="%.2f"), "specificity": num("Specificity", format="%.2f"),
-            "ppv": num("PPV", format="%.2f", help="Share of validation calls at this threshold that were right"),
-            "positives": num("Val positives", help="Positives the threshold and these rates rest on")})
-    for column, why in comp.not_estimable().items():
-        st.caption(f"No call, score shown only, for {column}: " + "; ".join(why) + ".")
+        st.dataframe(positives, hide_index=True, width="stretch", height=min(38 + 35 * len(positives), 360),
+                     column_config={
+                         "column": "Model", "label": "Label",
+                         "probability": num("Calibrated p", format="%.2f"),
+                         "threshold": num("Threshold", format="%.3f"),
+                         "sensitivity": num("Sensitivity", format="%.2f"),
+                         "specificity": num("Specificity", format="%.2f"),
+                         "ppv": num("PPV", format="%.2f", help="Share of validation calls at this threshold that "
+                                                                  "were right"),
+                         "positives": num("Val positives", help="Positives the threshold and these rates rest on")})
+    else:
+        st.caption("No model calls any label positive on this film at its thresholds.")
+
+st.subheader("Probability per label and model")
+table = pd.DataFrame(index=comp.probs.index)  # what to read first, then one column per model
+if case.truth is not None:
+    table["Truth"] = ["✓" if label in case.truth else "" for label in table.index]
+if multiclass:  # one of several classes per image: each model's prediction is its most probable class
+    table["Predicted by"] = compare.predicted_by(comp)
+if ENSEMBLE in comp.probs:
+    table[ENSEMBLE] = scores[ENSEMBLE]
+if len(comp.models) > 1:
+    table["Votes +"] = [f"{p}/{p + n}" if p + n else "no call" for p, n in
+                        zip(agree["n_positive"], agree["n_negative"])]
+    table["Split"] = agree["split"].map({True: "⚠ split", False: ""})
+    table["SD"] = agree["sd"]
+table = table.join(scores[comp.models])
+if warning:
+    st.caption("**Greyed out: this image failed the out-of-distribution checks above**, so no cell is coloured "
+               "as a call; the numbers are shown for reference only.")
+st.html(html_table.render(ui.call_style(comp, table, greyed=bool(warning)), headers={ENSEMBLE: comp.label(ENSEMBLE)}))
+meaning = ("comparable score: 0.5 is the model's threshold" if comparable else
+           "calibrated probability (fitted on validation; raw scores overstated every finding)")
+mean_note = (f" {comp.label(ENSEMBLE)}: the live mean of the chosen models ({', '.join(comp.members)}), not the "
+             "stored ensemble of the Benchmarks page. SD: spread of the models' probabilities. Votes +: models "
+             "calling the label positive, of those making a call." if ENSEMBLE in comp.probs else "")
+st.caption(f"Cells: {meaning}. **Red, bold: positive call** (at or above the model's threshold); green: negative; "
+           f"grey italics: no call (no threshold with enough evidence). Hover a cell for its value to 4 decimals."
+           f"{mean_note} Thresholds: {source}.")
+no_call = comp.not_estimable()
+if no_call:
+    st.markdown("**No call (score shown only)**\n" + "\n".join(f"- **{label}**: {why}" for label, why in
+                                                                    no_call.items()))
 
 
 st.subheader("Scores by label")
@@ -182,7 +188,8 @@ with d3:
         with st.status("Building the case report…", expanded=False) as status:
             name = case.name + ("  |  " + ", ".join(f"{k}: {v}" for k, v in image.identifiers.items())
                                 if show_ids else "")
-            st.session_state["report_pdf"] = (report_key, build_report(case, sel, comp, name, source, warning,
+            st.session_state["report_pdf"] = (report_key, build_report(case, sel, comp, name,
+                                                                           compare.threshold_source({}), warning,
                                                                            status))
             status.update(label="Case report ready", state="complete")
     built = st.session_state.get("report_pdf")

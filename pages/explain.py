@@ -1,29 +1,29 @@
 """Explain: where in the image each model looks for a label (class activation maps), and whether that is in the
 NIH box when the image has one."""
+import pandas as pd
 import streamlit as st
 
-from cxrcore import compare, explain
+from cxrcore import compare, explain, viewer
 from cxrcore.task import is_multilabel
 from pages import _common as ui
+from pages import _viewer
 
 sel = ui.selection()
-ui.header("Explain", "Class activation maps of the chosen models for the chosen labels, drawn on the square the "
-          "models see. Red: regions that raise the label's score most.", sel)
+ui.header("Explain", "Class activation maps of the chosen models for the chosen labels, over the film's model input "
+          "square. Red: regions that raise the label's score most. Pick a map and set its opacity in the viewer.", sel)
 ui.need_models(sel)
 case = ui.need_case()
 comp = ui.comparison(case, sel)
 lead = comp.probs.columns[-1]  # the ensemble when there is one
 
-c1, c2, c3, c4, c5 = st.columns([3, 3, 2, 2, 2])
+c1, c2, c3, c4 = st.columns([4, 3, 2, 2])
 models = c1.multiselect("Models", sel.ids, default=sel.ids[:4], key="cam_models")
 default_label = compare.top_label(comp.probs[lead], sel.label_names)
 kind = "label" if is_multilabel(sel.task) else "class"  # a single-label task explains a chosen class
 labels = c2.multiselect(f"{kind.capitalize()}es" if kind == "class" else "Labels", sel.label_names,
                         default=[default_label], key="cam_labels", help=f"Default: the {kind} {lead} rates most likely.")
 method = c3.selectbox("CAM method", list(explain.CAM_METHODS), key="cam_method")
-alpha = c4.slider("Opacity", 0.0, 1.0, explain.DEFAULT_ALPHA, 0.05, key="cam_alpha",
-                  help="At the map's upper half; it fades to clear where the map is low, so the film stays readable.")
-top = c5.select_slider("Show", [100, 50, 30, 20, 10, 5], value=100, key="cam_top",
+top = c4.select_slider("Show", [100, 50, 30, 20, 10, 5], value=100, key="cam_top",
                        format_func=lambda v: "whole map" if v == 100 else f"top {v} %",
                        help="Draw only the highest part of each map.")
 if not models or not labels:
@@ -32,26 +32,25 @@ if not models or not labels:
 
 pairs = [(label, m) for label in labels for m in models]
 progress = st.progress(0.0, text="Computing class activation maps…")
-maps = {}
+layers, rows = [], []
+cut = None if top == 100 else top / 100
 for k, (label, m) in enumerate(pairs):
-    maps[label, m] = ui.cam(case, sel, m, label, method)
+    cam = ui.cam(case, sel, m, label, method)
+    call = comp.call_text(label, m)
+    caption = compare.cam_caption(f"{m}, {label}: {call}", cam, case.boxes)
+    layers.append(viewer.Layer(f"{label} · {m} ({call})", caption,
+                               _viewer.layer_src(case.image.sha256, m, label, method, cut, cam.map), cam.informative))
+    rows.append({"label": label, "model": m, "call": call, "map": caption.split(" · ", 1)[1]})
     progress.progress((k + 1) / len(pairs), text=f"{method}: {m}, {label}")
 progress.empty()
 
-square = ui.display_square(case)
-st.caption("Colour bar: the map relative to its own peak, not a probability. Each caption gives the layer's native "
-           "grid (the map is no finer than that) or says **no localisation** when the map is empty or constant; such "
-           "a map is not drawn.")
+_viewer.show(case, "explain", layers, height=600)
+st.caption("Colour bar: blue (low) to red (the map's own peak); the map is relative to its peak, not a probability. "
+           "The opacity applies at the map's upper half and fades to clear where the map is low. A map that is empty "
+           "or constant has **no localisation** and is not drawn.")
 if case.boxes:
     st.caption("Green boxes: NIH radiologists' bounding boxes for this image ("
                + ", ".join(sorted({b.label for b in case.boxes})) + ").")
-per_row = min(len(models), 4)
-for label in labels:
-    st.subheader(label)
-    for start in range(0, len(models), per_row):
-        for col, m in zip(st.columns(per_row), models[start:start + per_row]):
-            cam = maps[label, m]
-            called = "positive" if comp.calls.at[label, m] else "negative"
-            title = f"{m}: p={comp.probs.at[label, m]:.2f} ({called})"
-            col.image(compare.cam_panel(square, cam, alpha, case.boxes, None if top == 100 else top / 100),
-                      width="stretch", caption=compare.cam_caption(title, cam, case.boxes))
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+    "label": "Label", "model": "Model", "call": "Probability and call",
+    "map": st.column_config.TextColumn("Map: layer, native grid, peak vs the NIH boxes", width="large")})

@@ -120,10 +120,27 @@ def test_a_label_without_a_threshold_makes_no_call_and_says_why():
                            {k: [p.value for p in v] for k, v in pts.items()}, LABELS, [], pts)
     assert comp.calls["m1"].tolist() == [True, False, False] and comp.no_call["m1"].tolist() == [False, True, False]
     assert comp.agreement().loc["b", "n_negative"] == 0 and not comp.agreement().loc["b", "split"]
-    assert comp.not_estimable() == {"m1": ["b: too few positives (n=4)"]}
+    assert comp.not_estimable() == {"b": "too few positives (n=4): m1"}
     assert comp.flat()["m1_call"].tolist() == ["positive", "no call", "negative"]
     calls = comp.positive_calls()
     assert len(calls) == 3 and set(calls["ppv"]) == {0.3} and set(calls["positives"]) == {12}
+
+
+def test_no_call_reasons_fold_into_one_short_line_per_label():
+    """Ten models without a threshold for one label give one line naming the reason once, not ten repeats."""
+    ids = [f"m{k}" for k in range(10)]
+    pts = {i: _points([0.5, None, 0.5]) for i in ids} | {ENSEMBLE: _points([0.5, None, None])}
+    comp = compare.compare({i: [0.9, 0.9, 0.1] for i in ids}, {k: [p.value for p in v] for k, v in pts.items()},
+                           LABELS, ids, pts)
+    assert comp.not_estimable() == {"b": "too few positives (n=4): all 10 models and the mean",
+                                    "c": "too few positives (n=4): the mean"}
+
+
+def test_call_text_states_probability_threshold_and_call():
+    pts = {"m1": _points([0.5, None, 0.5])}
+    comp = compare.compare({"m1": [0.9, 0.9, 0.1]}, {"m1": [0.5, float("nan"), 0.5]}, LABELS, [], pts)
+    assert [comp.call_text(label, "m1") for label in LABELS] == [
+        "p=0.90, positive at threshold 0.500", "p=0.90, no call (no threshold)", "p=0.10, negative at threshold 0.500"]
 
 
 def test_comparable_scores_put_every_threshold_at_half():
@@ -314,8 +331,10 @@ def test_case_report_renders_with_models_then_ensemble(nih):
                            ["vanilla_cnn", "vit_scratch"])
     cards = [c.card for c in nih if c.id in comp.models]
     rep = compare.case_report(comp, np.zeros((64, 64), np.uint8), "x.png", cards, "cards",
-                              [("vanilla_cnn: Mass", np.zeros((32, 32, 3), np.uint8))], None, "now")
+                              [("vanilla_cnn: Mass", np.zeros((32, 32, 3), np.uint8))], None, "now",
+                              {ENSEMBLE: {"Mass": 0.7}, "vit_scratch": {}, "gone": {"Mass": 0.1}})
     assert rep.model_ids == ["vanilla_cnn", "vit_scratch", "mean of 2 selected"]
+    assert rep.user_set == {"mean of 2 selected": ["Mass"]}  # by the column's printed name; unchosen models dropped
     assert rep.probs["mean of 2 selected"] == [0.4] * 14
     assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
     assert case_report_pdf(rep).startswith(b"%PDF")

@@ -7,8 +7,10 @@ import re
 import numpy as np
 import pytest
 
+import pymupdf
+
 from cxrcore.report import (
-    ENSEMBLE, NOTICE, POSITIVE, TITLE, CaseReport, ReportModel, case_report_pdf, latin1, probability_rows,
+    AUC_NOTE, ENSEMBLE, NOTICE, POSITIVE, TITLE, CaseReport, ReportModel, case_report_pdf, latin1, probability_rows,
     provenance_rows, threshold_rows,
 )
 
@@ -54,13 +56,13 @@ def expected_positives(report: CaseReport) -> int:
 
 def test_pdf_shows_notice_labels_models_and_provenance():
     report = make_report()
-    pdf = case_report_pdf(report, compress=False)
-    assert pdf.startswith(b"%PDF")
+    assert case_report_pdf(report).startswith(b"%PDF")
+    shown = " ".join(" ".join(p.get_text().split()) for p in pages(report))
     for text in (TITLE, NOTICE, "Pleural_Thickening", "Atelectasis", MODELS[0], ENSEMBLE,
                  "validation Youden J", "2024-05-01T12:00:00", "does not look like a frontal chest X-ray",
                  "patient_\xe9_?.png", "1" * 12, "0.710", "Grad-CAM"):
-        assert text.encode("latin-1") in pdf, text
-    assert "1" * 13 not in pdf.decode("latin-1")  # the hash is cut to 12 hex
+        assert text in shown, text
+    assert "1" * 13 not in shown  # the hash is cut to 12 hex
 
 
 def test_positive_markers_exactly_where_prob_reaches_threshold():
@@ -77,10 +79,17 @@ def test_threshold_and_provenance_rows():
     report = make_report()
     thresholds = threshold_rows(report)
     assert thresholds[0] == ["Label", *MODELS, ENSEMBLE]
-    assert thresholds[1][1] == "0.50"
-    provenance = provenance_rows(report.models)
-    assert provenance[1][5] == "0" * 12 and provenance[1][4] == "0.710"
-    assert provenance[-1][4:] == ["n/a", "n/a"]
+    assert thresholds[1][1] == "0.500"
+    marked = threshold_rows(dataclasses.replace(report, user_set={MODELS[0]: ["Atelectasis"]}))
+    assert marked[1][1] == "0.500*" and marked[2][1] == thresholds[2][1] and "*" not in marked[1][2]
+    nan = dataclasses.replace(report, thresholds={**report.thresholds, MODELS[1]: [float("nan")] * 14})
+    assert threshold_rows(nan)[1][2] == "no call"
+    provenance = provenance_rows(report.models)  # one training set: said once above the table, no column
+    assert provenance[0] == ["Model", "Architecture", "Init", "Test AUC", "Weights SHA-256"]
+    assert provenance[1][4] == "0" * 12 and provenance[1][3] == "0.710"
+    assert provenance[-1][3:] == ["n/a", "n/a"]
+    mixed = [dataclasses.replace(report.models[0], dataset="PneumoniaMNIST"), *report.models[1:]]
+    assert provenance_rows(mixed)[0][3] == "Training data" and provenance_rows(mixed)[1][3] == "PneumoniaMNIST"
 
 
 def test_no_cams_no_warning_and_compressed_default():
@@ -145,3 +154,88 @@ def test_file_name_written_as_markdown_shows_literally():
     """fpdf2's markdown stays off: a name's ** and [..] are printed, not turned into bold text or a link."""
     pdf = case_report_pdf(make_report(filename="**No finding** :green[normal] [x](http://e.com).png"), compress=False)
     assert b"**No finding** :green[normal] [x]" in pdf and b"/URI" not in pdf
+
+
+# ---- the layout, read back from the rendered PDF ---------------------------------------------------------------------
+
+ZOO = ["vanilla_cnn", "cnn_small", "cnn_deep", "resnet18", "densenet121", "efficientnet_b0", "efficientnet_lite0",
+       "mobilenet_v2", "vit_scratch", "vit_scratch_lora"]
+MEAN = "mean of 10 selected"
+MM = 72 / 25.4  # PDF points per mm
+
+
+def ten_model_report(**changes) -> CaseReport:
+    """What the app builds for the shipped NIH zoo: ten models and the live mean, a CAM panel each, 7 labels without
+    a threshold and two user-set ones."""
+    rng = np.random.default_rng(3)
+    cols = [*ZOO, MEAN]
+    none = {1, 6, 7, 8, 9, 10, 13}
+    cams = [(f"{m}, Infiltration: p=0.21, positive at threshold 0.152 · GradCAM at features.-1.2, native 16x16 grid · "
+             "peak outside the Pneumonia box", rng.integers(0, 256, (320, 365, 3), dtype=np.uint8)) for m in ZOO]
+    models = [ReportModel(m, m, "imagenet: timm", "NIH ChestX-ray14 (14 findings), 64 px, 951 train / 167 val / "
+                          "315 test images", 0.70 + k / 100, f"{k:x}" * 64) for k, m in enumerate(ZOO)]
+    report = make_report(
+        model_ids=cols, models=models, cams=cams, image=rng.integers(0, 256, (1024, 1024), dtype=np.uint8),
+        probs={c: rng.uniform(0, 0.3, 14).tolist() for c in cols},
+        thresholds={c: [float("nan") if k in none else 0.15 for k in range(14)] for c in cols},
+        threshold_source="validation Youden J per label (model cards), none where fewer than 10 validation positives",
+        user_set={"resnet18": ["Atelectasis"], MEAN: ["Effusion"]})
+    return dataclasses.replace(report, **changes)
+
+
+def pages(report: CaseReport) -> list:
+    return list(pymupdf.open(stream=case_report_pdf(report), filetype="pdf"))
+
+
+def words(page) -> list[str]:
+    return [w[4].strip(",:;()") for w in page.get_text("words")]
+
+
+def test_every_name_is_whole_and_no_word_is_split_across_lines():
+    doc = pages(ten_model_report())
+    vocabulary = set(ZOO) | set(NIH14)
+    for page in doc:
+        found = words(page)
+        fragments = [w for w in found if w not in vocabulary and any(v.startswith(w) and len(w) > 3 for v in vocabulary)]
+        assert not fragments, (page.number, fragments)  # e.g. "vanilla_cn" / "n" or "efficientne" / "t_lite0"
+        for block in page.get_text("dict")["blocks"]:
+            lines = [" ".join(s["text"] for s in line["spans"]).split() for line in block.get("lines", [])]
+            for a, b in zip(lines, lines[1:]):
+                if a and b:
+                    assert (a[-1] + b[0]).strip(",:;()") not in vocabulary, (page.number, a[-1], b[0])
+    first = words(doc[0])
+    assert set(ZOO) <= set(first) and MEAN in doc[0].get_text()  # every column heading whole on the first page
+
+
+def test_text_and_drawings_stay_inside_the_page():
+    """Rendered to PNG, the margin right of the printable area is blank on every page; every word lies inside it."""
+    for page in pages(ten_model_report()):
+        width, height = page.rect.width, page.rect.height
+        for x0, y0, x1, y1, word, *_ in page.get_text("words"):
+            assert x0 >= 9 * MM and x1 <= width - 9 * MM and y1 <= height - 2 * MM, (page.number, word, x1)
+        pix = page.get_pixmap(dpi=60)
+        strip = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n)[:, -int(9 * 60 / 25.4):]
+        assert strip.min() >= 250, page.number
+
+
+def test_tables_are_never_split_and_the_page_count_stays_small():
+    doc = pages(ten_model_report())
+    assert len(doc) == 3
+    assert sum(all(label in words(p) for label in NIH14) for p in doc) == 1  # the label table: all rows together
+    provenance = next(p for p in doc if "Model provenance" in p.get_text())
+    text = provenance.get_text()
+    assert all(f"{k:x}" * 12 in text for k in range(10))  # every provenance row on the heading's page
+    small = pages(make_report())
+    assert len(small) <= 2
+
+
+def test_cam_captions_auc_meaning_and_ood_verdict_are_stated():
+    doc = pages(ten_model_report(ood_warning=None))
+    text = " ".join(" ".join(p.get_text().split()) for p in doc)
+    assert "Out-of-distribution checks: passed" in text and "Out-of-distribution warning" not in text
+    assert " ".join(AUC_NOTE.split()) in text and "0.5 is chance" in text
+    assert text.count("positive at threshold 0.152") == len(ZOO)  # each CAM caption: the call and its threshold
+    assert "the bar right of each panel" in text
+    assert "0.150*" in text and "* set by the user on the ROC page (2 in force)" in text
+    warned = " ".join(" ".join(p.get_text().split()) for p in pages(ten_model_report()))
+    assert "Out-of-distribution warning: This image does not look like a frontal chest X-ray" in warned

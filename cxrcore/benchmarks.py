@@ -14,6 +14,7 @@ import numpy as np
 
 from . import checkpoints, curves, localisation, metrics, published
 from .card import Card
+from .runs import stored_groups
 from .task import is_multilabel, label_columns
 from .task import kind_of
 from .zoo import list_models, get_spec
@@ -180,14 +181,23 @@ def write_tables(root: Path) -> None:
     (root / "benchmarks.md").write_text(markdown(rows, columns) + "\n")
 
 
+def held_out_auc(card: Card) -> float:
+    """The macro AUC a model is ranked by when choosing: pooled out-of-fold when cross-validated, else validation;
+    never test."""
+    oof = card.metrics.extra.get("oof")
+    return oof["auc_macro"] if oof else card.metrics.val.auc_macro
+
+
 def best_single(cks: list[checkpoints.Checkpoint], exclude: tuple[str, ...] = ("ensemble", "medmnist_baseline")):
-    """The single model with the highest validation AUC (chosen on val, never on test)."""
+    """The single model with the highest held-out AUC (:func:`held_out_auc`; never test)."""
     pool = [c for c in cks if c.id not in exclude]
-    return max(pool, key=lambda c: c.card.metrics.val.auc_macro) if pool else None
+    return max(pool, key=lambda c: held_out_auc(c.card)) if pool else None
 
 
 def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -> list[dict]:
-    """Best single model and ensemble against the MedMNIST-recipe baseline, paired bootstrap on the test split.
+    """Best single model and ensemble against the MedMNIST-recipe baseline: a paired bootstrap of the test macro AUC
+    over patients (the patient codes stored beside the predictions; images for checkpoints that have none, and the
+    row says which), with the label set fixed across resamples.
 
     Recomputed from stored predictions, so the table checks the cards rather than repeating them."""
     by_id = {c.id: c for c in cks if c.has_predictions}
@@ -196,18 +206,90 @@ def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -
         return []
     task = base.card.task
     bp = base.predictions()
-    y = bp["test_labels"]
-    auc = lambda a, b: metrics.get_auc(a, b, task)  # noqa: E731
+    y, groups = bp["test_labels"], stored_groups(bp, "test")
     rows = []
-    for label, c in (("best single (by val AUC): " + best.id, best), ("ensemble", by_id.get("ensemble"))):
+    for label, c in (("best single (by held-out AUC): " + best.id, best), ("ensemble", by_id.get("ensemble"))):
         if c is None:
             continue
         p = c.predictions()["test_probs"]
-        d = metrics.paired_bootstrap_diff(auc, y, p, bp["test_probs"], n_boot=n_boot)
-        rows.append({"model": label, "test_auc": auc(y, p), "baseline_test_auc": auc(y, bp["test_probs"]),
+        d = metrics.paired_auc_diff(y, p, bp["test_probs"], task, n_boot, groups=groups)
+        rows.append({"model": label, "test_auc": metrics.get_auc(y, p, task),
+                     "baseline_test_auc": metrics.get_auc(y, bp["test_probs"], task),
                      "diff": d["diff"], "diff_ci": f"{d['ci_low']:+.3f} to {d['ci_high']:+.3f}",
-                     "p_not_better": d["p_not_better"]})
+                     "p_not_better": d["p_not_better"], "resampled": d["unit"] + "s"})
     return rows
+
+
+# ---- seeds: mean +- sd, and rankings only where seeds and a patient-level bootstrap agree ---------------------------
+
+SEED_COLUMNS = ["model", "seeds", "test_auc_mean", "test_auc_sd", "test_auc_min", "test_auc_max", "oof_auc_mean",
+                "oof_auc_sd"]
+
+
+def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
+                     dataset: str) -> dict[str, list[checkpoints.Checkpoint]]:
+    """Every model's seeds, the main checkpoint first, then ``<seeds_root>/<dataset>/seed<k>/<id>`` in seed order
+    (``run_all.py --seeds N``); the ensemble is left out (it has no seed of its own)."""
+    out = {c.id: [c] for c in main if not c.card.members}
+    if seeds_root is None or not (Path(seeds_root) / dataset).is_dir():
+        return out
+    extra = [c for c in checkpoints.find(Path(seeds_root) / dataset) if c.path.parent.name.startswith("seed")]
+    for c in sorted(extra, key=lambda c: int(c.path.parent.name[4:])):
+        if c.id in out and c.card.dataset.split_checksum == out[c.id][0].card.dataset.split_checksum:
+            out[c.id].append(c)
+    return out
+
+
+def seed_summary(values: Sequence[float]) -> dict:
+    """n, mean, sample sd (None below two seeds), min and max of one figure over seeds."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return {"n": len(v), "mean": float(v.mean()) if len(v) else None,
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "min": float(v.min()) if len(v) else None, "max": float(v.max()) if len(v) else None}
+
+
+def seed_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]]) -> list[dict]:
+    """Per model: test macro AUC mean +- sd (and min, max) over its seeds, and the out-of-fold AUC's where
+    cross-validated."""
+    rows = []
+    for model, cks in groups.items():
+        t, o = seed_summary([c.card.metrics.test.auc_macro for c in cks]), seed_summary(
+            [c.card.metrics.extra["oof"]["auc_macro"] for c in cks if "oof" in c.card.metrics.extra])
+        rows.append({"model": model, "seeds": t["n"], "test_auc_mean": t["mean"], "test_auc_sd": t["sd"],
+                     "test_auc_min": t["min"], "test_auc_max": t["max"], "oof_auc_mean": o["mean"],
+                     "oof_auc_sd": o["sd"]})
+    return rows
+
+
+def ranking_claim(a: Sequence[checkpoints.Checkpoint], b: Sequence[checkpoints.Checkpoint],
+                  n_boot: int = 1000) -> dict:
+    """Whether model a (its seeds) ranks above or below model b on test AUC, claimed only where both say so: every
+    seed of one above every seed of the other (at least two seeds each), and the paired patient-level bootstrap
+    interval of the seed-averaged difference (:func:`metrics.paired_auc_diff` over both models' seeds) excluding 0
+    the same way. ``winner`` is the
+    model id, or None: "not separated"."""
+    ta, tb = ([c.card.metrics.test.auc_macro for c in x] for x in (a, b))
+    by_seeds = None
+    if len(ta) >= 2 and len(tb) >= 2:
+        by_seeds = a[0].id if min(ta) > max(tb) else b[0].id if min(tb) > max(ta) else None
+    pa = [c.predictions() for c in a]
+    pb = [c.predictions()["test_probs"] for c in b]
+    d = metrics.paired_auc_diff(pa[0]["test_labels"], [p["test_probs"] for p in pa], pb, a[0].card.task, n_boot,
+                                groups=stored_groups(pa[0], "test"))
+    by_boot = a[0].id if d["ci_low"] > 0 else b[0].id if d["ci_high"] < 0 else None
+    winner = by_seeds if by_seeds is not None and by_seeds == by_boot else None
+    return {"a": a[0].id, "b": b[0].id, "seeds": f"{len(ta)} / {len(tb)}", "diff": d["diff"],
+            "diff_ci": f"{d['ci_low']:+.3f} to {d['ci_high']:+.3f}", "resampled": d["unit"] + "s",
+            "seeds_separate": by_seeds is not None, "bootstrap_separates": by_boot is not None,
+            "winner": winner, "claim": f"{winner} ranks higher" if winner else "not separated"}
+
+
+def ranking_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]], n_boot: int = 1000) -> list[dict]:
+    """:func:`ranking_claim` for each neighbouring pair of models ordered by mean test AUC over seeds (models with
+    stored predictions only): the ranking claims a table may make, and where it may not."""
+    pool = {m: list(cks) for m, cks in groups.items() if all(c.has_predictions for c in cks)}
+    order = sorted(pool, key=lambda m: -np.mean([c.card.metrics.test.auc_macro for c in pool[m]]))
+    return [ranking_claim(pool[a], pool[b], n_boot) for a, b in zip(order, order[1:])]
 
 
 def limits_text(card: Card) -> list[str]:
@@ -318,9 +400,31 @@ def published_section(dataset: str) -> list[str]:
     return out
 
 
-def write_report(root: Path, path: Path, curves_root: Path | None = None) -> None:
-    """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), the
-    learning curve (points under ``curves_root``) and the published numbers beside."""
+SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beats every seed of the other and the "
+             "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0.")
+
+
+def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,
+                n_boot: int = 1000) -> tuple[list[dict], list[dict]]:
+    """The seeds table (:func:`seed_rows`) and the ranking claims it allows (:func:`ranking_rows`) of the models
+    that have more than one seed; ([], []) when none has."""
+    groups = {m: v for m, v in seed_checkpoints(cks, seeds_root, dataset).items() if len(v) > 1}
+    return (seed_rows(groups), ranking_rows(groups, n_boot)) if groups else ([], [])
+
+
+def seed_section(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,
+                 n_boot: int = 1000) -> list[str]:
+    """BENCHMARKS.md's seeds table (mean +- sd of test AUC over seeds) and the ranking claims it allows."""
+    rows, claims = seed_report(cks, seeds_root, dataset, n_boot)
+    if not rows:
+        return []
+    return ["### Seeds (test AUC over seeds) and the rankings they allow", "", SEED_NOTE, "",
+            markdown(rows, SEED_COLUMNS), "", markdown(claims), ""]
+
+
+def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_root: Path | None = None) -> None:
+    """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), seeds
+    (under ``seeds_root``), the learning curve (points under ``curves_root``) and the published numbers beside."""
     groups: dict[str, list[checkpoints.Checkpoint]] = {}
     for c in checkpoints.find(root):
         groups.setdefault(c.dataset, []).append(c)
@@ -328,7 +432,7 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None) -> Non
            "Generated by `python train/run_all.py` from the model cards in `checkpoints/`; do not edit by hand.",
            "Every number in the tables of our models comes from this project's runs (stored predictions and cards);",
            "published numbers are in their own, labelled tables. AUC is MedMNIST's getAUC (mean per-label ROC AUC),",
-           "with a 95 % bootstrap CI over test images; accuracy is MedMNIST's getACC (threshold 0.5, or argmax);",
+           "with a 95 % bootstrap CI over test patients where the dataset names them (else images); accuracy is MedMNIST's getACC (threshold 0.5, or argmax);",
            "sensitivity/specificity are label means at each model's thresholds chosen on validation (Youden J), over",
            f"the labels with at least {metrics.MIN_POSITIVES} validation positives (the others get no threshold and no "
            "call). Probabilities are calibrated on validation (see Calibration).", ""]
@@ -340,12 +444,14 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None) -> Non
                 f"Images train/val/test: {counts}"
                 f"{' (split by patient)' if name.startswith('nih14') else ''}. Source file MD5 `{d.source_md5}`, "
                 f"split checksum `{(d.split_checksum or 'n/a')[:16]}`. Hardware: {first.hardware or 'n/a'}. Epochs were chosen on "
-                "validation AUC; the test split was touched once per run.", "",
+                "held-out AUC (pooled out-of-fold when cross-validated, else validation); the test split was read once, "
+                "after all training (`train/evaluate_test.py`).", "",
                 "### Table 1", "", markdown(table1(cks), table1_columns(first.task)), ""]
         comparison = baseline_comparison(cks)
         if comparison:
-            out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap on the test split)", "",
+            out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap of test AUC over patients)", "",
                     markdown(comparison), ""]
+        out += seed_section(cks, seeds_root, name)
         if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)

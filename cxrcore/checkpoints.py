@@ -565,8 +565,8 @@ def save(out_dir: Path, model: nn.Module | None, card: Card, predictions: dict[s
 def _open(folder: Path) -> Checkpoint:
     """A checkpoint whose card is valid and agrees with its stored predictions; what is merely missing is noted."""
     card = read_card(folder)
-    if card.metrics.test is None:  # the app, tables and ensembles show test figures: none until the test is read
-        raise CheckpointError(f"{card.id}: cross-validated, its test split not evaluated yet; run: "
+    if card.metrics.test is None:  # the app and tables show test figures: none until the test is read
+        raise CheckpointError(f"{card.id}: its test split not evaluated yet (training reads no test label); run: "
                               f"python train/evaluate_test.py --root {Path(folder).parent}")
     notes = []
     if os.path.lexists(folder / PREDICTIONS):

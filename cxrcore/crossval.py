@@ -8,12 +8,11 @@ instead of 1). Plain arrays in, plain arrays out.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +20,13 @@ import numpy as np
 import torch
 
 from . import calibration, checkpoints, metrics
-from .card import Card, Metrics
+from .card import Card
 from .data import Dataset
-from .engine import TrainConfig, clear_resume, fit, hardware, predict, Prepared, seed_everything
+from .engine import TrainConfig, clear_resume, fit, predict, Prepared, seed_everything
 from .pretrained import build
-from .runs import dataset_record, git_commit, val_operating_points, versions
+from .runs import Served, fit_serving, group_codes, make_card
 from .task import is_multilabel, label_columns
-from .zoo import get_spec, list_models
+from .zoo import get_spec
 
 
 def patient_folds(groups: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
@@ -96,6 +95,37 @@ def choose_epochs(auc_by_epoch: np.ndarray, smooth: int = 3) -> int:
     return int(np.nanargmax(a)) + 1
 
 
+def oof_shift(pos_weight, labels: np.ndarray, task: str) -> list[float] | None:
+    """The pos-weight prior correction of a model trained on the pool (multi-label only)."""
+    if not is_multilabel(task):
+        return None
+    return calibration.prior_shift(pos_weight, [int(v) for v in np.asarray(labels).sum(0)], len(labels))
+
+
+def oof_served(labels: np.ndarray, oof_raw: np.ndarray, val_rows: np.ndarray, test_raw: np.ndarray,
+               test_labels: np.ndarray, task: str, names: list[str], shift: list[float] | None, n_boot: int = 1000,
+               groups: np.ndarray | None = None, test_groups: np.ndarray | None = None) -> Served:
+    """Calibration and thresholds fitted on the pooled out-of-fold raw probabilities (``labels``/``oof_raw``: every
+    train + val image, ``val_rows`` the validation ones), applied to the shipped model's test probabilities (stored,
+    not scored). ``metrics.val`` holds the validation images' OOF predictions, ``metrics.oof`` all of them (CIs over
+    ``groups``, the pool's patients). What ``cross_validate`` and ``train/calibrate.py`` both store."""
+    cal, points = fit_serving(labels, oof_raw, task, shift, fitted_on="oof")
+    oof_cal, test_cal = cal.apply(oof_raw), cal.apply(test_raw)
+    th = [q.value for q in points]
+    g = None if groups is None else group_codes(groups)
+    block = {"val": metrics.summarize(labels[val_rows], oof_cal[val_rows], names, task, th, n_boot,
+                                      None if g is None else g[val_rows]),
+             "oof": metrics.summarize(labels, oof_cal, names, task, th, n_boot, g)}
+    codes = {} if g is None else {"oof_groups": g, "val_groups": g[val_rows]}
+    if test_groups is not None:
+        codes["test_groups"] = group_codes(test_groups)
+    preds = {"val_probs": oof_cal[val_rows], "val_labels": labels[val_rows], "test_probs": test_cal,
+             "test_labels": test_labels, "val_raw_probs": oof_raw[val_rows], "test_raw_probs": test_raw,
+             "oof_probs": oof_cal, "oof_labels": labels, "oof_raw_probs": oof_raw, **codes}
+    return Served(cal.to_dict(), {"youden_val": [q.threshold for q in points]},
+                  {"youden_val": [q.to_dict() for q in points]}, block, preds)
+
+
 # ---- the cross-validated training run ------------------------------------------------------------------------------
 
 CV_DIR = "cv"  # inside the model's folder while it trains; replaced by the checkpoint when it is saved
@@ -139,7 +169,7 @@ def _plan(data: Dataset, cfg: TrainConfig, folds: np.ndarray, k: int, seed: int)
             "folds_sha256": hashlib.sha256(folds.astype(np.int64).tobytes()).hexdigest()}
 
 
-def _fold(model_id: str, data: Dataset, cfg: TrainConfig, work: Path, out_root: Path, f: int,
+def _fold(model_id: str, data: Dataset, cfg: TrainConfig, work: Path, base_root: Path, f: int,
           progress: Callable[[dict], None] | None) -> np.ndarray:
     """Validation probabilities of every epoch (epochs, n_f, L) of fold ``f``'s model; a finished fold is read back,
     a killed one resumes from its last epoch (the engine's state and one file per finished epoch)."""
@@ -148,7 +178,7 @@ def _fold(model_id: str, data: Dataset, cfg: TrainConfig, work: Path, out_root: 
         return np.load(done)["probs"]
     spec = get_spec(model_id)
     seed_everything(cfg.seed)
-    model, _ = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root,
+    model, _ = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, base_root,
                      cfg.input_size or spec.model_input_size(data.size))
 
     def keep(ev: dict) -> None:
@@ -173,7 +203,7 @@ def _fold(model_id: str, data: Dataset, cfg: TrainConfig, work: Path, out_root: 
 
 def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, command: str, k: int = 5,
                    seed: int = 0, progress: Callable[[dict], None] | None = None, n_boot: int = 1000,
-                   smooth: int = 3) -> Card:
+                   smooth: int = 3, base_root: Path | None = None) -> Card:
     """Train ``model_id`` by patient-grouped ``k``-fold cross-validation on train + val and write
     ``out_root/model_id``; returns its card, which has no test metrics (``train/evaluate_test.py`` adds them).
 
@@ -182,7 +212,8 @@ def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Pat
     The shipped model is one refit on all of train + val, stopped at that epoch of the same schedule: one model
     within the checkpoint budget instead of a k-model ensemble. Calibration and thresholds are fitted on the pooled
     OOF predictions at that epoch (5-6x the positives of the validation split). The test images are scored by the
-    shipped model (so the app can serve them) but no test metric is computed here."""
+    shipped model (so the app can serve them) but no test metric is computed here. ``base_root``: the tree a LoRA
+    base is read from (default ``out_root``)."""
     t0 = time.perf_counter()
     spec, out_dir = get_spec(model_id), out_root / model_id
     p = pool(data)
@@ -197,8 +228,9 @@ def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Pat
     work.mkdir(parents=True, exist_ok=True)
     (work / PLAN_FILE).write_text(json.dumps(plan))
     idx = np.arange(len(folds))
+    base_root = base_root or out_root
     fold_probs = [_fold(model_id, _split_data(data, p, idx[folds != f], idx[folds == f], test=False), fold_cfg,
-                        work / f"fold{f}", out_root, f, progress) for f in range(k)]
+                        work / f"fold{f}", base_root, f, progress) for f in range(k)]
     oof = pool_oof(folds, fold_probs)
     auc_by_epoch = oof_auc_by_epoch(p.labels, oof, data.task)
     n_epochs = choose_epochs(auc_by_epoch, smooth)
@@ -209,28 +241,19 @@ def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Pat
     full = _split_data(data, p, idx, idx[n_train:], test=True)
     input_size = cfg.input_size or spec.model_input_size(data.size)
     seed_everything(cfg.seed)
-    model, init = build(model_id, n_out, data.channels, data.size, cfg.init, out_root, input_size)
+    model, init = build(model_id, n_out, data.channels, data.size, cfg.init, base_root, input_size)
     res = fit(model, spec, full, fold_cfg, out_dir, None if progress is None else
               (lambda ev: progress({**ev, "fold": "refit"})), select_best=False, stop_after=n_epochs)
     model = checkpoints.round_to_stored(res.model)
     prep = Prepared(input_size, *spec.norm, in_chans=data.channels, channels_last=res.channels_last)
     test_raw = predict(model, data.images["test"], prep, data.task)
 
-    multilabel = is_multilabel(data.task)
     oof_raw = oof[n_epochs - 1]
-    shift = (calibration.prior_shift(cfg.pos_weight, [int(v) for v in np.asarray(p.labels).sum(0)], len(p.labels))
-             if multilabel else None)
-    y_fit = label_columns(p.labels, data.task, n_out) if multilabel else p.labels[:, 0]
-    cal = calibration.fit(y_fit, oof_raw, multilabel, shift, fitted_on="oof")
-    oof_cal, test_cal = cal.apply(oof_raw), cal.apply(test_raw)
-    points = val_operating_points(p.labels, oof_cal, data.task)
-    th = [q.value for q in points]
     groups = p.groups if p.by_patient else None
-    val_rows = idx[n_train:]
-    block = {"val": metrics.summarize(p.labels[val_rows], oof_cal[val_rows], names, data.task, th, n_boot,
-                                      None if groups is None else groups[val_rows]),
-             "oof": metrics.summarize(p.labels, oof_cal, names, data.task, th, n_boot, groups),
-             "train_loss": res.history[-1]["train_loss"] if res.history else None}
+    served = oof_served(p.labels, oof_raw, idx[n_train:], test_raw, data.labels["test"], data.task,
+                        names, oof_shift(cfg.pos_weight, p.labels, data.task), n_boot, groups,
+                        data.extras.get("patients", {}).get("test") if p.by_patient else None)
+    block = {**served.metrics, "train_loss": res.history[-1]["train_loss"] if res.history else None}
     cols = label_columns(p.labels, data.task, n_out)
     cv = {
         "k": k, "seed": seed, "smooth": smooth,
@@ -256,25 +279,9 @@ def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Pat
             "metrics.test": "only by train/evaluate_test.py, once, after training; no recipe decision looks at it",
         },
     }
-    preds = {"val_probs": oof_cal[val_rows], "val_labels": p.labels[val_rows], "test_probs": test_cal,
-             "test_labels": data.labels["test"], "val_raw_probs": oof_raw[val_rows], "test_raw_probs": test_raw,
-             "oof_probs": oof_cal, "oof_labels": p.labels, "oof_raw_probs": oof_raw,
-             "oof_folds": folds.astype(np.int64)}
-    card = Card(
-        id=model_id, arch=spec.arch, family=spec.family, reference=spec.paper, order=list_models().index(model_id),
-        dataset=dataset_record(data), label_names=names, task=data.task, input_size=input_size,
-        normalisation=tuple(spec.norm), init=init, hparams=asdict(cfg), config_key=cfg.key(),
-        epochs_run=res.epochs_run, best_epoch=n_epochs, stopped_early=False, resumed_from_epoch=res.resumed_from,
-        params_total=sum(q.numel() for q in model.parameters()),
-        params_trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
-        train_seconds=res.train_seconds, wall_seconds=time.perf_counter() - t0,
-        seconds_per_epoch=res.train_seconds / max(1, res.epochs_run), hardware=hardware(), world_size=1,
-        bf16=res.bf16, channels_last=res.channels_last, precision=res.precision, training_setup=res.settings,
-        metrics=Metrics.from_dict(block, names), thresholds={"youden_val": [q.threshold for q in points]},
-        calibration=cal.to_dict(), versions=versions(), git_commit=git_commit(),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
-        extra={"operating_points": {"youden_val": [q.to_dict() for q in points]}, "cv": cv},
-    )
+    card = make_card(model_id, data, cfg, res, model, init, input_size, served, block, t0, command,
+                     best_epoch=n_epochs, extra={"cv": cv})
+    preds = {**served.predictions, "oof_folds": folds.astype(np.int64)}
     card = checkpoints.save(out_dir, model, card, preds, res.history)
     clear_resume(out_dir)
     shutil.rmtree(out_dir / CV_DIR, ignore_errors=True)  # the folds' work: the checkpoint now holds what it gave

@@ -389,21 +389,29 @@ def auc_intervals(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULT
                         int(len(aucs) - whole.sum()))
 
 
-def paired_auc_diff(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, task: str = TASK_MULTILABEL,
+def paired_auc_diff(y_true: np.ndarray, score_a, score_b, task: str = TASK_MULTILABEL,
                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                     groups: np.ndarray | None = None) -> dict[str, float]:
     """Macro AUC of a minus that of b on the same resamples (of patients when ``groups`` is given), with a paired
     percentile CI and the share of resamples in which a is not better (a one-sided bootstrap p-value); the macro's
-    label set is fixed as in :class:`AucIntervals`. The vectorised, patient-aware :func:`paired_bootstrap_diff`."""
-    y, _ = _auc_columns(y_true, score_a, task)
+    label set is fixed as in :class:`AucIntervals`. The vectorised, patient-aware :func:`paired_bootstrap_diff`.
+    ``score_a`` / ``score_b`` may each be a list of score arrays (seeds of one model): a resample's macro AUC is then
+    their mean, so seed noise and sampling noise both enter the interval."""
+    sa, sb = ([s] if np.ndim(s) < 3 else list(s) for s in (score_a, score_b))
+    y, _ = _auc_columns(y_true, sa[0], task)
     in_macro = (y.sum(0) > 0) & ((~y).sum(0) > 0)
-    a, b = (bootstrap_aucs(y_true, s, task, n_boot, seed, groups)[:, in_macro] for s in (score_a, score_b))
-    whole = np.isfinite(a).all(1)  # a and b share the resamples, so the same ones are whole
-    d = a[whole].mean(1) - b[whole].mean(1)
+
+    def macro(scores: list) -> np.ndarray:  # (n_boot,) seed-mean macro AUC per resample; NaN where not whole
+        per = np.stack([bootstrap_aucs(y_true, s, task, n_boot, seed, groups)[:, in_macro] for s in scores])
+        return np.where(np.isfinite(per).all((0, 2)), per.mean(2).mean(0), np.nan)
+
+    a, b = macro(sa), macro(sb)  # a and b share the resamples, so the same ones are whole
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
     lo, hi = _percentiles(d, alpha) or (float("nan"), float("nan"))
-    return {"diff": float(get_auc(y_true, score_a, task) - get_auc(y_true, score_b, task)), "ci_low": lo,
-            "ci_high": hi, "p_not_better": float(np.mean(d <= 0)) if len(d) else float("nan"),
-            "resamples": int(whole.sum()), "unit": "image" if groups is None else "patient"}
+    point = np.mean([get_auc(y_true, s, task) for s in sa]) - np.mean([get_auc(y_true, s, task) for s in sb])
+    return {"diff": float(point), "ci_low": lo, "ci_high": hi,
+            "p_not_better": float(np.mean(d <= 0)) if len(d) else float("nan"),
+            "resamples": int(len(d)), "unit": "image" if groups is None else "patient"}
 
 
 def roc_band(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import platform
 import subprocess
 import time
@@ -18,9 +19,9 @@ import torch
 
 from . import calibration, checkpoints, metrics
 from .card import Card, DatasetRecord, Init, Metrics
-from .data import Dataset
+from .data import REPO_ROOT, Dataset
 from .task import is_multilabel, label_columns
-from .engine import (Dist, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, make_loss,
+from .engine import (Dist, FitResult, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, make_loss,
                      predict, resolve_precision, seed_everything)
 from .pretrained import build, starts_pretrained
 from .zoo import get_spec, list_models
@@ -62,10 +63,26 @@ def raw_predictions(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             if not k.endswith("_raw_probs")}
 
 
+def group_codes(groups: np.ndarray) -> np.ndarray:
+    """A patient id per image as small integer codes (the same patient, the same code), so stored predictions carry
+    what a patient-level bootstrap needs without the ids themselves (``predictions.npz`` holds numbers only)."""
+    g = np.asarray(groups)
+    keys = g if np.issubdtype(g.dtype, np.number) else g.astype(str)  # codes stay codes when coded again
+    return np.unique(keys, return_inverse=True)[1].ravel().astype(np.float32)
+
+
+def stored_groups(preds: Mapping[str, np.ndarray], split: str) -> np.ndarray | None:
+    """The patient codes stored beside a split's predictions (``<split>_groups``), or None (older checkpoints, or a
+    dataset that names no patients: CIs then resample images)."""
+    g = preds.get(f"{split}_groups")
+    return None if g is None else np.asarray(g)
+
+
 @dataclass(frozen=True)
 class Served:
     """What a run stores about its served (calibrated) probabilities: the card's calibration, thresholds, operating
-    points and metrics entries, and the predictions file (served probabilities under the usual keys, raw beside)."""
+    points and held-out metrics entries (no test metric: :mod:`cxrcore.evaluation` alone scores the test split),
+    and the predictions file (served probabilities under the usual keys, raw beside, patient codes where known)."""
 
     calibration: dict | None
     thresholds: dict[str, list[float | None]]
@@ -74,31 +91,63 @@ class Served:
     predictions: dict[str, np.ndarray]
 
 
+def fit_serving(y_fit: np.ndarray, p_fit: np.ndarray, task: str, shift: list[float] | None, calibrate: bool = True,
+                fitted_on: str = "val") -> tuple[calibration.Calibration | None, list[metrics.OperatingPoint]]:
+    """The calibration (unless ``calibrate`` is False) and operating points fitted on held-out labels and raw
+    probabilities (validation, or pooled out-of-fold): every recipe decision after training, on held-out data only."""
+    cal = None
+    n = p_fit.shape[1]
+    if calibrate:
+        y = label_columns(y_fit, task, n) if is_multilabel(task) else np.asarray(y_fit)[:, 0]
+        cal = calibration.fit(y, p_fit, is_multilabel(task), shift, fitted_on=fitted_on)
+        p_fit = cal.apply(p_fit)
+    return cal, val_operating_points(y_fit, p_fit, task)
+
+
 def served_outputs(raw: Mapping[str, np.ndarray], task: str, label_names: list[str], shift: list[float] | None,
                    n_boot: int = 1000, calibrate: bool = True,
                    groups: Mapping[str, np.ndarray] | None = None) -> Served:
     """Calibrate a run's raw validation/test probabilities on validation (``shift``: the pos-weight prior
     correction, see :func:`calibration.prior_shift`), choose the operating points on the calibrated validation
-    probabilities and measure both splits there. ``calibrate=False`` (an ensemble of calibrated members) keeps the
-    given probabilities as served. ``groups`` (split -> patient id per image) makes the CIs patient-level."""
-    n = len(label_names)
+    probabilities and measure validation there; the test probabilities are calibrated and stored, not scored.
+    ``calibrate=False`` (an ensemble of calibrated members) keeps the given probabilities as served. ``groups``
+    (split -> patient id per image) makes the CIs patient-level and is stored as codes (``*_groups``); without it,
+    codes already in ``raw`` are kept."""
     probs = {s: np.asarray(raw[f"{s}_probs"], dtype=np.float32) for s in ("val", "test")}
-    cal = None
-    if calibrate:
-        y_val = np.asarray(raw["val_labels"])
-        y_fit = label_columns(y_val, task, n) if is_multilabel(task) else y_val[:, 0]
-        cal = calibration.fit(y_fit, probs["val"], is_multilabel(task), shift)
+    cal, points = fit_serving(raw["val_labels"], probs["val"], task, shift, calibrate)
+    if cal is not None:
         probs = {s: cal.apply(p) for s, p in probs.items()}
-    points = val_operating_points(raw["val_labels"], probs["val"], task)
+    codes = ({f"{s}_groups": group_codes(groups[s]) for s in probs} if groups else
+             {k: np.asarray(raw[k]) for k in ("val_groups", "test_groups") if k in raw})
     th = [p.value for p in points]
-    block = {s: metrics.summarize(raw[f"{s}_labels"], probs[s], label_names, task, th, n_boot, (groups or {}).get(s))
-             for s in probs}
+    block = {"val": metrics.summarize(raw["val_labels"], probs["val"], label_names, task, th, n_boot,
+                                      codes.get("val_groups"))}
     preds = {"val_probs": probs["val"], "val_labels": raw["val_labels"], "test_probs": probs["test"],
-             "test_labels": raw["test_labels"],
+             "test_labels": raw["test_labels"], **codes,
              **{f"{s}_raw_probs": np.asarray(raw[f"{s}_raw_probs" if f"{s}_raw_probs" in raw else f"{s}_probs"],
                                              dtype=np.float32) for s in ("val", "test")}}
     return Served(cal.to_dict() if cal else None, {"youden_val": [p.threshold for p in points]},
                   {"youden_val": [p.to_dict() for p in points]}, block, preds)
+
+
+SEEDS_ENV = "CXR_SEEDS"
+
+
+def seeds_root() -> Path:
+    """``$CXR_SEEDS`` (relative paths from the repo root), else ``seeds/`` beside ``checkpoints/``: extra seeds are
+    kept apart from the task's models (cards and predictions; weights not shipped), as learning-curve points are."""
+    path = Path(os.environ.get(SEEDS_ENV, "seeds"))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def seed_root(root: Path, dataset: str, k: int) -> Path:
+    """Checkpoint root of seed ``k`` (1, 2, ...; seed 0 is the main model): ``<root>/<dataset>/seed<k>/<id>``."""
+    return Path(root) / dataset / f"seed{k}"
+
+
+def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
+    """The recipe of seed ``k``: the same but for its seed (weights initialisation, batches, augmentation)."""
+    return cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
 
 
 def recipe(model_id: str, **overrides) -> TrainConfig:
@@ -112,10 +161,11 @@ def recipe(model_id: str, **overrides) -> TrainConfig:
     return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, kind))
 
 
-def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) -> bool:
+def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset, base_root: Path | None = None) -> bool:
     """Whether ``out_dir`` holds ``spec_id`` trained with this recipe (hyperparameters and the model input size,
     which the zoo may change without a CLI override) on these exact splits, with weights that match their card (and
-    the tree's manifest) and predictions that agree with it: a crash mid-save or damaged weights mean "retrain"."""
+    the tree's manifest) and predictions that agree with it: a crash mid-save or damaged weights mean "retrain".
+    ``base_root``: where a LoRA adapter's base lives (default: beside ``out_dir``; a seed's is the main tree's)."""
     try:
         card = checkpoints.read_card(out_dir)
         checkpoints.verify_claims(card, checkpoints.stored_predictions(out_dir, card))
@@ -124,7 +174,7 @@ def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset) 
     input_size = cfg.input_size or get_spec(spec_id).model_input_size(data.size)
     return (card.config_key == cfg.key() and card.id == spec_id and card.input_size == input_size
             and card.dataset.split_checksum == data.split_checksum()
-            and checkpoints.weights_ok(out_dir, card) and lora_base_unchanged(card, out_dir.parent))
+            and checkpoints.weights_ok(out_dir, card) and lora_base_unchanged(card, base_root or out_dir.parent))
 
 
 def lora_base_unchanged(card: Card, root: Path) -> bool:
@@ -139,17 +189,55 @@ def lora_base_unchanged(card: Card, root: Path) -> bool:
         return False
 
 
+def make_card(model_id: str, data: Dataset, cfg: TrainConfig, res: FitResult, model: torch.nn.Module, init: Init,
+              input_size: int, served: Served, block: dict, t0: float, command: str, world: int = 1,
+              best_epoch: int | None = None, extra: dict | None = None) -> Card:
+    """The card of one trained model, single split or cross-validated alike: recipe, data, how it ran (precision,
+    threads, hardware class in ``training_setup``), the held-out metrics ``block`` and what ``served`` fitted."""
+    spec = get_spec(model_id)
+    return Card(
+        id=model_id, arch=spec.arch, family=spec.family, reference=spec.paper, order=list_models().index(model_id),
+        dataset=dataset_record(data), label_names=list(data.label_names), task=data.task,
+        input_size=input_size, normalisation=tuple(spec.norm),
+        init=init, hparams=asdict(cfg), config_key=cfg.key(),
+        epochs_run=res.epochs_run, best_epoch=res.best_epoch if best_epoch is None else best_epoch,
+        stopped_early=res.stopped_early, resumed_from_epoch=res.resumed_from,
+        params_total=sum(p.numel() for p in model.parameters()),
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        train_seconds=res.train_seconds, wall_seconds=time.perf_counter() - t0,
+        seconds_per_epoch=res.train_seconds / max(1, res.epochs_run),
+        hardware=hardware(), world_size=world, bf16=res.bf16, channels_last=res.channels_last,
+        precision=res.precision, training_setup={**res.settings, **run_environment()},
+        metrics=Metrics.from_dict(block, list(data.label_names)), thresholds=served.thresholds,
+        calibration=served.calibration, versions=versions(), git_commit=git_commit(),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
+        extra={"operating_points": served.operating_points, **(extra or {})},
+    )
+
+
+def run_environment() -> dict:
+    """What besides the recipe can move a result on the same kind of machine: intra- and inter-op threads, the
+    thread variables they came from, and whether deterministic algorithms were asked for."""
+    return {"interop_threads": torch.get_num_interop_threads(),
+            **{k.lower(): os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+            "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
 def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, command: str,
               progress: Callable[[dict], None] | None = None, dist: Dist | None = None,
-              n_boot: int = 1000) -> Card | None:
-    """Train ``model_id`` and write ``out_root/model_id``; returns the card (rank 0) or None (other ranks)."""
+              n_boot: int = 1000, base_root: Path | None = None) -> Card | None:
+    """Train ``model_id`` on train, choosing the epoch, calibration and thresholds on validation, and write
+    ``out_root/model_id``; returns the card (rank 0) or None (other ranks). The test images are scored by the model
+    and stored, their labels not read: the card has no test metrics until :mod:`cxrcore.evaluation` adds them.
+    ``base_root``: the tree a LoRA base is read from (default ``out_root``)."""
     dist = dist or Dist()
     spec = get_spec(model_id)
     out_dir = out_root / model_id
     t0 = time.perf_counter()
     input_size = cfg.input_size or spec.model_input_size(data.size)
     seed_everything(cfg.seed)  # the initial weights too, not only the batches, follow the card's seed
-    model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, out_root, input_size)
+    model, init = build(model_id, data.num_outputs, data.channels, data.size, cfg.init, base_root or out_root,
+                        input_size)
     res = fit(model, spec, data, cfg, out_dir, progress, dist)
     if not dist.main:
         return None
@@ -167,25 +255,7 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     # the best epoch's running loss (augmented batches, training mode): no extra pass over the whole train split
     block["train_loss"] = res.history[res.best_epoch - 1]["train_loss"] if res.best_epoch else None
     block["val_loss"] = val_eval["loss"]
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    card = Card(
-        id=model_id, arch=spec.arch, family=spec.family, reference=spec.paper, order=list_models().index(model_id),
-        dataset=dataset_record(data), label_names=list(data.label_names), task=data.task,
-        input_size=input_size, normalisation=tuple(spec.norm),
-        init=init, hparams=asdict(cfg), config_key=cfg.key(),
-        epochs_run=res.epochs_run, best_epoch=res.best_epoch, stopped_early=res.stopped_early,
-        resumed_from_epoch=res.resumed_from,
-        params_total=n_params, params_trainable=n_train,
-        train_seconds=res.train_seconds, wall_seconds=time.perf_counter() - t0,
-        seconds_per_epoch=res.train_seconds / max(1, res.epochs_run),
-        hardware=hardware(), world_size=dist.world, bf16=res.bf16, channels_last=res.channels_last,
-        precision=res.precision, training_setup=res.settings,
-        metrics=Metrics.from_dict(block, list(data.label_names)), thresholds=served.thresholds,
-        calibration=served.calibration, versions=versions(), git_commit=git_commit(),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
-        extra={"operating_points": served.operating_points},
-    )
+    card = make_card(model_id, data, cfg, res, model, init, input_size, served, block, t0, command, dist.world)
     card = checkpoints.save(out_dir, model, card, served.predictions, res.history)
     clear_resume(out_dir)
     return card
@@ -194,7 +264,8 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
 def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,
                    n_boot: int = 1000, groups: Mapping[str, np.ndarray] | None = None) -> Card:
     """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions
-    (``groups``: split -> patient id per image, for patient-level CIs)."""
+    (``groups``: split -> patient id per image, for patient-level CIs; else the members' stored codes). Like a
+    trained model's, its card has no test metrics until :mod:`cxrcore.evaluation` reads the test split."""
     if not members:
         raise ValueError("an ensemble needs at least one member checkpoint")
     first = members[0].card
@@ -207,6 +278,7 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
     mean = {f"{s}_{kind}": np.mean([p[f"{s}_probs"] for p in views], axis=0) if kind != "labels" else
             preds[0][f"{s}_labels"] for s in ("val", "test")
             for kind, views in (("probs", preds), ("raw_probs", raws), ("labels", preds))}
+    mean.update({k: preds[0][k] for k in ("val_groups", "test_groups") if k in preds[0]})
     served = served_outputs(mean, task, names, None, n_boot, calibrate=False, groups=groups)  # the mean of calibrated members
     card = Card(
         id="ensemble", arch="mean calibrated probability of " + ", ".join(m.id for m in members), family="ensemble",

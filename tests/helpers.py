@@ -9,7 +9,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from cxrcore import checkpoints, metrics
+from cxrcore import checkpoints, evaluation, metrics
 from cxrcore.card import Card
 from cxrcore.ood import OOD_FILE, OODModel
 from cxrcore.runs import build_ensemble, label_columns, served_outputs
@@ -98,7 +98,9 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
     history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.5 + e / 20,
                 "epoch_seconds": 10.0} for e in (1, 2, 3)]
     out = root / model_id if dataset == "nih14-local" else root / dataset / model_id
-    card = checkpoints.save(out, model, Card.from_dict(card), served.predictions, history)
+    checkpoints.save(out, model, Card.from_dict(card), served.predictions, history)
+    evaluation.evaluate_folder(out, n_boot=20)  # the test split, read once after training, as run_all.py ends
+    card = checkpoints.read_card(out)
     if not ship:
         (out / checkpoints.WEIGHTS).unlink()
     return checkpoints.Checkpoint(out, card)
@@ -109,6 +111,7 @@ def fake_checkpoint_root(root: Path) -> Path:
     nih = [fake_checkpoint(root, "vanilla_cnn", seed=1), fake_checkpoint(root, "vit_scratch", seed=2),
            fake_checkpoint(root, "resnet18", ship=False, seed=3)]
     build_ensemble(nih, root / "ensemble", "python train/run_all.py --ensemble", n_boot=20)
+    evaluation.evaluate_folder(root / "ensemble", n_boot=20)
     fake_checkpoint(root, "cnn_small", "pneumoniamnist-local", seed=4)
     return root
 

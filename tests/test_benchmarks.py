@@ -114,3 +114,103 @@ def test_localisation_section_shows_the_task_rows_with_the_command(tmp_path):
     assert "### Grad-CAM localisation against the NIH boxes" in text and "`python benchmarks/localisation.py`" in text
     assert "| resnet18 | test | layer2 (8x8) | 6 | 0 | 0.500 | 0.022 | 0.100 | 0.200 | 0.133 |" in text
     assert "vanilla_cnn" not in text and "0.5 of its peak" in text
+
+
+# ---- seeds and the ranking claims they allow; the baseline comparison over patients --------------------------------
+
+def _with_test_probs(ck, probs: np.ndarray, groups: np.ndarray | None = None):
+    """A checkpoint whose stored test probabilities (and patient codes) are replaced, its test metrics read again."""
+    from cxrcore import evaluation
+    from cxrcore.checkpoints import CARD, Checkpoint, read_card, read_predictions, rewrite
+
+    preds = {**read_predictions(ck.path), "test_probs": probs.astype(np.float32)}
+    if groups is not None:
+        preds["test_groups"] = groups
+    import json
+    rewrite(ck.path, json.loads((ck.path / CARD).read_text()), preds)
+    evaluation.evaluate_folder(ck.path, n_boot=20, force=True)
+    return Checkpoint(ck.path, read_card(ck.path))
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Two models of three seeds each on the same test labels: 'resnet18' close to the labels, 'vanilla_cnn' noise;
+    test images in pairs from one patient."""
+    from helpers import fake_checkpoint
+
+    root = tmp_path_factory.mktemp("seeded")
+    seeds = root / "seeds"
+    groups = np.repeat(np.arange(60), 2).astype(np.float32)
+    out = {}
+    for model, signal in (("resnet18", 3.0), ("vanilla_cnn", 0.0)):
+        for k in range(3):
+            where = root / "checkpoints" if k == 0 else seeds / "nih14-local" / f"seed{k}"
+            ck = fake_checkpoint(where, model, seed=10 * k + len(model))
+            y = ck.predictions()["test_labels"]
+            noise = np.random.default_rng([k, len(model)]).normal(size=y.shape)
+            out.setdefault(model, []).append(_with_test_probs(ck, 1 / (1 + np.exp(-(signal * y + noise))), groups))
+    return root, out
+
+
+def test_seed_checkpoints_are_the_main_model_then_its_seeds_in_order(seeded):
+    root, made = seeded
+    main = find(root / "checkpoints")
+    groups = benchmarks.seed_checkpoints(main, root / "seeds", "nih14-local")
+    assert {m: [c.path for c in v] for m, v in groups.items()} == {m: [c.path for c in v] for m, v in made.items()}
+    assert benchmarks.seed_checkpoints(main, None, "nih14-local") == {c.id: [c] for c in main}
+
+
+def test_seed_rows_give_mean_and_sample_sd_of_test_auc(seeded):
+    _, made = seeded
+    row = {r["model"]: r for r in benchmarks.seed_rows(made)}["vanilla_cnn"]
+    aucs = [c.card.metrics.test.auc_macro for c in made["vanilla_cnn"]]
+    assert row["seeds"] == 3 and row["test_auc_mean"] == pytest.approx(np.mean(aucs))
+    assert row["test_auc_sd"] == pytest.approx(np.std(aucs, ddof=1)) and row["oof_auc_mean"] is None
+    assert benchmarks.seed_summary([0.6])["sd"] is None  # one seed has no spread
+
+
+def test_a_ranking_is_claimed_only_where_seeds_and_the_patient_bootstrap_both_separate(seeded):
+    _, made = seeded
+    good, noise = made["resnet18"], made["vanilla_cnn"]
+    claim = benchmarks.ranking_claim(good, noise, n_boot=200)
+    assert claim["winner"] == "resnet18" and claim["seeds_separate"] and claim["bootstrap_separates"]
+    assert claim["resampled"] == "patients" and claim["diff"] > 0.3
+    assert benchmarks.ranking_claim(noise, good, n_boot=200)["winner"] == "resnet18"
+    # one seed each: the seeds cannot separate them, however clear the bootstrap is
+    single = benchmarks.ranking_claim(good[:1], noise[:1], n_boot=200)
+    assert single["bootstrap_separates"] and not single["seeds_separate"] and single["winner"] is None
+    # two seeds of one model against the third seed of the same: not separated
+    same = benchmarks.ranking_claim(noise[:2], [noise[2], noise[0]], n_boot=200)
+    assert same["winner"] is None and same["claim"] == "not separated"
+    rows = benchmarks.ranking_rows(made, n_boot=100)
+    assert [(r["a"], r["b"]) for r in rows] == [("resnet18", "vanilla_cnn")]
+
+
+def test_paired_diff_over_seeds_of_one_is_the_single_model_diff(seeded):
+    _, made = seeded
+    p = [c.predictions() for c in (made["resnet18"][0], made["vanilla_cnn"][0])]
+    y, g = p[0]["test_labels"], p[0]["test_groups"]
+    one = metrics.paired_auc_diff(y, p[0]["test_probs"], p[1]["test_probs"], n_boot=100, groups=g)
+    lists = metrics.paired_auc_diff(y, [p[0]["test_probs"]], [p[1]["test_probs"]], n_boot=100, groups=g)
+    assert one == lists and one["unit"] == "patient"
+
+
+def test_baseline_comparison_resamples_patients_when_their_codes_are_stored(tmp_path):
+    from helpers import fake_checkpoint
+
+    cks = [fake_checkpoint(tmp_path, m, seed=s) for m, s in (("medmnist_baseline", 1), ("resnet18", 2))]
+    assert {r["resampled"] for r in benchmarks.baseline_comparison(cks, n_boot=50)} == {"images"}
+    groups = np.repeat(np.arange(40), 3).astype(np.float32)
+    cks = [_with_test_probs(c, c.predictions()["test_probs"], groups) for c in cks]
+    row = benchmarks.baseline_comparison(cks, n_boot=50)[0]
+    p = [c.predictions() for c in cks]
+    d = metrics.paired_auc_diff(p[0]["test_labels"], p[1]["test_probs"], p[0]["test_probs"], n_boot=50, groups=groups)
+    assert row["resampled"] == "patients" and row["diff_ci"] == f"{d['ci_low']:+.3f} to {d['ci_high']:+.3f}"
+
+
+def test_benchmarks_md_seed_section_shows_mean_sd_and_the_claims(seeded):
+    root, _ = seeded
+    main = find(root / "checkpoints")
+    text = "\n".join(benchmarks.seed_section(main, root / "seeds", "nih14-local", n_boot=100))
+    assert "### Seeds" in text and "| resnet18 | 3 |" in text and "resnet18 ranks higher" in text
+    assert benchmarks.seed_section(main, None, "nih14-local") == []  # no second seed: no section

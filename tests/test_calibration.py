@@ -96,7 +96,8 @@ def test_served_outputs_store_calibrated_and_raw_and_measure_the_calibrated():
     np.testing.assert_array_equal(preds["test_raw_probs"], p_test)
     cal = Calibration.from_dict(served.calibration)
     np.testing.assert_allclose(preds["test_probs"], cal.apply(p_test))
-    assert served.metrics["test"]["ece"] == pytest.approx(metrics.expected_calibration_error(y_test, preds["test_probs"]))
+    assert served.metrics["val"]["ece"] == pytest.approx(metrics.expected_calibration_error(y_val, preds["val_probs"]))
+    assert "test" not in served.metrics  # stored, not scored: the test split is read once, by cxrcore.evaluation
     again = served_outputs(raw_predictions(preds), metrics.TASK_MULTILABEL, list("abcd"), [np.log(10)] * 4, n_boot=10)
     np.testing.assert_array_equal(again.predictions["test_probs"], preds["test_probs"])  # rerunning starts from raw
 

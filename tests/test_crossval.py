@@ -131,3 +131,27 @@ def test_a_killed_cv_run_resumes_fold_by_fold(tiny_nih, tmp_path):
                                    n_boot=20)
     done = [(e["fold"], e["epoch"]) for e in events if e.get("done")]
     assert done == [(1, 1), (2, 0), (2, 1)] + [("refit", e) for e in range(card.extra["cv"]["chosen_epochs"])]
+
+
+def test_calibrate_refits_a_cv_card_on_its_stored_oof_predictions(cv_run, tmp_path):
+    """train/calibrate.py on a cross-validated card fits on the pooled out-of-fold raw probabilities, as training
+    did (the same function), so rerunning it reproduces what training stored."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import calibrate
+
+    root, card, _ = cv_run
+    folder = tmp_path / "vanilla_cnn"
+    shutil.copytree(root / "vanilla_cnn", folder)
+    before = checkpoints.read_predictions(folder)
+    split, _, _ = calibrate.calibrate_folder(folder, n_boot=20)
+    after, again = checkpoints.read_predictions(folder), checkpoints.read_card(folder)
+    assert split == "oof" and again.calibration == card.calibration
+    assert again.calibration["n"] == SUBSET["train"] + SUBSET["val"]
+    assert set(after) == set(before)
+    for k in before:
+        np.testing.assert_allclose(after[k], before[k], atol=1e-6, err_msg=k)
+    assert again.thresholds == card.thresholds and again.metrics.test is None

@@ -95,7 +95,24 @@ def test_quick_run_writes_a_complete_card(quick, model_id):
         assert 0 <= m.auc_macro <= 1 and m.n == QUICK_COUNTS[split] and len(m.auc_macro_ci) == 2
     assert len(card.thresholds["youden_val"]) == 14
     assert "--quick" in card.rebuild_command and card.weights_sha256
+    assert card.training_setup["threads"] >= 1 and card.training_setup["hardware_class"] and card.precision
+    assert card.training_setup["omp_num_threads"] == "1" and "interop_threads" in card.training_setup
     assert f"{model_id}: 1 epochs" in res.stdout
+
+
+@pytest.mark.slow
+def test_quick_run_reads_the_test_split_once_after_all_training(quick):
+    """Training prints held-out figures only; the test split is read in one labelled step after every model (and the
+    ensemble) is trained, and each card is stamped."""
+    out, res = quick
+    lines = res.stdout.splitlines()
+    step = lines.index("== test split, read once, after all training (no recipe decision reads it) ==")
+    assert not any("test" in ln.lower() for ln in lines[:step]), lines[:step]
+    evaluated = [ln for ln in lines[step + 1:] if ln.startswith("test (read once): ")]
+    assert sorted(ln.split(": ")[1].rsplit("/", 1)[1] for ln in evaluated) == ["cnn_small", "ensemble", "vanilla_cnn"]
+    assert all("patient-level CI" in ln for ln in evaluated)
+    for m in ("vanilla_cnn", "cnn_small", "ensemble"):
+        assert json.loads((out / m / "card.json").read_text())["test_evaluation"]["at"]
 
 
 @pytest.mark.slow
@@ -103,8 +120,9 @@ def test_quick_run_writes_a_complete_card(quick, model_id):
 def test_quick_run_stores_predictions_for_val_and_test(quick, model_id):
     out, _ = quick
     p = checkpoints.read_predictions(out / model_id)
-    # the calibrated probabilities the app serves, and the network's own beside them
-    assert set(p) == {"val_probs", "val_labels", "test_probs", "test_labels", "val_raw_probs", "test_raw_probs"}
+    # the calibrated probabilities the app serves, the network's own beside them, and each image's patient code
+    assert set(p) == {"val_probs", "val_labels", "test_probs", "test_labels", "val_raw_probs", "test_raw_probs",
+                      "val_groups", "test_groups"}
     for split in ("val", "test"):
         probs, labels = p[f"{split}_probs"], p[f"{split}_labels"]
         assert p[f"{split}_raw_probs"].shape == probs.shape
@@ -155,6 +173,39 @@ def test_second_identical_run_skips_up_to_date_models(quick):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "vanilla_cnn: up to date, skipped" in res.stdout and "cnn_small: up to date, skipped" in res.stdout
     assert {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in before} == before
+
+
+@pytest.mark.slow
+def test_cross_validation_is_the_default_recipe(tmp_path, data_dir):
+    """Without --cv a run is 5-fold cross-validated on train + val (the whole NIH sample, one epoch of the smallest
+    model): epochs, calibration and thresholds from the pooled out-of-fold predictions, then the test read once."""
+    res = run("--models", "vanilla_cnn", "--epochs", "1", "--ensemble", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = checkpoints.read_card(tmp_path / "vanilla_cnn")
+    data = load_dataset("nih14-local", 64)
+    cv = card.extra["cv"]
+    assert cv["k"] == 5 and sum(cv["fold_images"]) == len(data.labels["train"]) + len(data.labels["val"])
+    assert card.calibration["fitted_on"] == "oof" and card.metrics.test.n == len(data.labels["test"])
+    assert card.extra["test_evaluation"]["patient_level_ci"]
+    assert "vanilla_cnn: 5-fold OOF AUC" in res.stdout and "--cv" not in card.rebuild_command
+    again = run("--models", "vanilla_cnn", "--epochs", "1", "--ensemble", "--out", str(tmp_path))
+    assert "vanilla_cnn: up to date, skipped" in again.stdout
+    single = run("--models", "vanilla_cnn", "--epochs", "1", "--ensemble", "--no-cv", "--out", str(tmp_path))
+    assert single.returncode == 0 and "vanilla_cnn: up to date" not in single.stdout  # another recipe: retrained
+    assert "cv" not in checkpoints.read_card(tmp_path / "vanilla_cnn").extra
+
+
+@pytest.mark.slow
+def test_seeds_train_each_model_again_beside_the_main_one(tmp_path, data_dir):
+    res = run("--quick", "--models", "vanilla_cnn", "--seeds", "2", "--ensemble", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    main = checkpoints.read_card(tmp_path / "vanilla_cnn")
+    extra = checkpoints.read_card(tmp_path / "seeds" / "nih14-local" / "seed1" / "vanilla_cnn")
+    assert extra.hparams["seed"] == main.hparams["seed"] + 1 and extra.config_key != main.config_key
+    assert extra.metrics.test is not None and main.metrics.test is not None  # both read once, after training
+    assert extra.dataset.split_checksum == main.dataset.split_checksum
+    assert "vanilla_cnn seed 1: 1 epochs" in res.stdout
+    assert [c.id for c in checkpoints.find(tmp_path) if c.path.parent == tmp_path] == ["vanilla_cnn"]
 
 
 # ---- DistributedDataParallel ---------------------------------------------------------------------------------------

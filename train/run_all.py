@@ -1,14 +1,20 @@
 """Train every architecture of the zoo (or --models) and write checkpoints, cards and the benchmark tables.
 
     python train/run_all.py --list
-    python train/run_all.py                                  # every id on nih14-local at 64 px
+    python train/run_all.py                                  # every id on nih14-local at 64 px, 5-fold CV
     python train/run_all.py --models resnet18 densenet121 --epochs 20
     python train/run_all.py --dataset pneumoniamnist-local --size 28 --models efficientnet_lite0
-    python train/run_all.py --quick                          # a few-minute smoke run on a real subset
-    python train/run_all.py --models cnn_small --cv 5        # patient-grouped 5-fold CV, then a refit (no test)
-    python train/evaluate_test.py --root checkpoints/nih14-local   # then: the test split, read once
+    python train/run_all.py --quick                          # a few-minute smoke run on a real subset (single split)
+    python train/run_all.py --models cnn_small --cv 0        # the single train / val split instead of CV
+    python train/run_all.py --models cnn_small --seeds 3     # three seeds (extra ones under seeds/)
+    python train/evaluate_test.py --root checkpoints/nih14-local   # the test split, read once (run_all's last step)
     python train/run_all.py --models resnet18 --train-sizes 100,250,500,all   # learning curve (curves/)
-    torchrun --nproc_per_node 2 train/run_all.py --models resnet18   # DistributedDataParallel (gloo on CPU)
+    torchrun --nproc_per_node 2 train/run_all.py --models resnet18   # DistributedDataParallel (gloo on CPU, single split)
+
+Every recipe decision (epochs, calibration, thresholds, ensemble members) is taken on held-out data: the pooled
+out-of-fold predictions of patient-grouped K-fold cross-validation (the default), or the validation split
+(``--cv 0``). Training reads no test label. After all training, a last and separate step reads the test split once
+(``cxrcore.evaluation``, what ``train/evaluate_test.py`` runs) and fills the cards' ``metrics.test``.
 """
 from __future__ import annotations
 
@@ -22,17 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from cxrcore import benchmarks, checkpoints, crossval, curves, ood  # noqa: E402
+from cxrcore import benchmarks, checkpoints, crossval, curves, evaluation, ood  # noqa: E402
 from cxrcore import datasets  # noqa: E402
-from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, load_dataset  # noqa: E402
+from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, data_dir, load_dataset  # noqa: E402
 from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
-from cxrcore.runs import build_ensemble, is_up_to_date, recipe, train_one  # noqa: E402
+from cxrcore.runs import (build_ensemble, is_up_to_date, recipe, seed_config, seed_root, seeds_root,  # noqa: E402
+                          train_one)
 from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
 QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
 QUICK_SUBSET = {"train": 160, "val": 80, "test": 80}
 ENSEMBLE_SIZE = 5
+DEFAULT_CV = 5
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,10 +78,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subset-seed", type=int, default=curves.DEFAULT_SEED,
                    help="seed of the patient order the learning-curve subsets are drawn in")
     p.add_argument("--cv", type=int, metavar="K",
-                   help="patient-grouped K-fold cross-validation on train + val: epochs, calibration and thresholds "
-                        "from the pooled out-of-fold predictions, then one refit; no test metric is computed "
-                        "(train/evaluate_test.py reads the test split afterwards)")
+                   help=f"patient-grouped K-fold cross-validation on train + val (default {DEFAULT_CV}; 0: the single "
+                        "train / val split, the default of --quick, --train-sizes and torchrun): epochs, calibration "
+                        "and thresholds from the pooled out-of-fold predictions, then one refit on train + val")
+    p.add_argument("--no-cv", dest="cv", action="store_const", const=0, help="the same as --cv 0")
     p.add_argument("--cv-seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train N seeds of each model: seed 0 is the model in --out, seeds 1..N-1 go to "
+                        "<seeds root>/<dataset>/seed<k>/<id> (default root: seeds/, or <out>/seeds with --out)")
     p.add_argument("--pin", action="store_true",
                    help="record the weights now in checkpoints/ (or --out) as trusted in its MANIFEST.json and exit")
     return p.parse_args(argv)
@@ -92,14 +104,28 @@ def overrides(a: argparse.Namespace) -> dict:
 def cv_matches(folder: Path, a: argparse.Namespace) -> bool:
     """Whether an up-to-date checkpoint was trained the way asked: cross-validated with K folds, or not at all."""
     cv = checkpoints.read_card(folder).extra.get("cv") or {}
-    return (cv.get("k"), cv.get("seed", a.cv_seed)) == (a.cv, a.cv_seed)
+    return (cv.get("k") or 0, cv.get("seed", a.cv_seed)) == (a.cv, a.cv_seed)
+
+
+def trained_here(root: Path) -> dict[str, checkpoints.Checkpoint]:
+    """The model folders directly under ``root`` whose card reads, before the test split is evaluated (so nothing
+    chosen from them can have looked at it)."""
+    out = {}
+    for card_path in sorted(root.glob(f"*/{checkpoints.CARD}")):
+        try:
+            card = checkpoints.read_card(card_path.parent)
+        except checkpoints.CheckpointError:
+            continue
+        if not card.members:
+            out[card.id] = checkpoints.Checkpoint(card_path.parent, card)
+    return out
 
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
-    """The default ensemble: the ENSEMBLE_SIZE shipped models with the best validation AUC (chosen on val, never
-    test), so a fresh clone can rebuild every member."""
-    pool = [c for c in found.values() if c.has_weights and get_spec(c.id).ship]
-    return sorted(pool, key=lambda c: -c.card.metrics.val.auc_macro)[:ENSEMBLE_SIZE]
+    """The default ensemble: the ENSEMBLE_SIZE shipped models with the best held-out AUC (out-of-fold or
+    validation, never test), so a fresh clone can rebuild every member."""
+    pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship]
+    return sorted(pool, key=lambda c: -benchmarks.held_out_auc(c.card))[:ENSEMBLE_SIZE]
 
 
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
@@ -114,7 +140,7 @@ def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
         except (checkpoints.CheckpointError, FileNotFoundError) as exc:
             print(f"{ck.id}: no OOD detector ({exc})")
             continue
-        det = ood.fit_checkpoint(m, data)
+        det = ood.fit_checkpoint(m, data, extra=ood.upload_sources(m.card.dataset.name, m.data_size, data_dir()))
         print(f"{ck.id}: OOD detector fitted (threshold {det.threshold:.2f} at the val {det.percentile:g}th percentile)")
 
 
@@ -152,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         data = data.subset(QUICK_SUBSET)
     dist = Dist.from_env()
+    if a.cv is None:  # cross-validation by default; a smoke run, a learning curve and DDP use the single split
+        a.cv = 0 if a.quick or a.train_sizes or dist.world > 1 else DEFAULT_CV
     if a.cv and (dist.world > 1 or a.train_sizes):
-        print("error: --cv runs in one process and not with --train-sizes", file=sys.stderr)
+        print("error: --cv runs in one process and not with --train-sizes; pass --cv 0", file=sys.stderr)
+        return 2
+    if a.seeds < 1 or (a.seeds > 1 and a.train_sizes):
+        print("error: --seeds needs N >= 1 and does not combine with --train-sizes", file=sys.stderr)
         return 2
     base_cmd = f"python train/run_all.py --dataset {a.dataset} --size {a.size}"
     runs = [(out, data)]  # (checkpoint root, data) of every run; a learning curve has one per training subset
@@ -164,69 +195,92 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    for (out, data), model_id in itertools.product(runs, ids):
-        cfg = recipe(model_id, **overrides(a))
-        if not a.force and is_up_to_date(out / model_id, model_id, cfg, data) and cv_matches(out / model_id, a):
-            if dist.main:
-                print(f"{model_id}: up to date, skipped")
-            continue
-        cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
-        if a.precision is None:  # the rebuild command names the precision this machine chose
-            cmd += f" --precision {cfg.precision}"
-        bar = tqdm(total=cfg.epochs * (a.cv + 1) if a.cv else cfg.epochs, desc=model_id, unit="epoch", disable=not dist.main, dynamic_ncols=True)
-
-        def progress(ev: dict, bar=bar) -> None:
-            if ev.get("done") and "fold" in ev:  # cross-validation: k folds of full epochs, then the refit
-                bar.update(1)
-                bar.set_description(f"{model_id} fold {ev['fold']}")
-            if ev.get("done"):
-                bar.update(0 if "fold" in ev else ev["epoch"] + 1 - bar.n)  # a resumed run starts past zero
-                bar.set_postfix(val_auc=f"{ev['val_auc']:.3f}", loss=f"{ev['train_loss']:.3f}")
-            else:
-                bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")
-
-        try:
-            if a.cv:
-                card = crossval.cross_validate(model_id, data, cfg, out, cmd, a.cv, a.cv_seed, progress,
-                                               n_boot=200 if a.quick else 1000)
-                cv = card.extra["cv"]
-                print(f"{model_id}: {a.cv}-fold OOF AUC {cv['oof_auc_at_chosen']:.3f} at the chosen "
-                      f"{cv['chosen_epochs']} epochs (refit on train + val); no test metric computed")
-                continue
-            card = train_one(model_id, data, cfg, out, cmd, progress, dist, n_boot=200 if a.quick else 1000)
-        except checkpoints.CheckpointError as exc:  # a full disk or unwritable folder: say so, keep what was there
-            print(f"error: {model_id}: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            bar.close()
-        if card is not None:
-            m = card.metrics
-            ci = m.test.auc_macro_ci or (float("nan"),) * 2
-            print(f"{model_id}: {card.epochs_run} epochs, {card.seconds_per_epoch:.1f} s/epoch, best epoch "
-                  f"{card.best_epoch}, val AUC {m.val.auc_macro:.3f}, test AUC {m.test.auc_macro:.3f} "
-                  f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+    seeds_at = (a.out / "seeds") if a.out else seeds_root()
+    seed_roots = [seed_root(seeds_at, data.name, k) for k in range(1, a.seeds)]
+    cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    for (root, run_data), model_id in itertools.product(runs, ids):
+        base = recipe(model_id, **overrides(a))
+        for k, seed_out in enumerate([root, *seed_roots]):
+            try:
+                train_model(model_id, run_data, seed_config(base, k), seed_out, root, cmd, a, dist,
+                            f"{model_id} seed {k}" if k else model_id)
+            except checkpoints.CheckpointError as exc:  # a full disk or unwritable folder: say so, keep what was
+                print(f"error: {model_id}: {exc}", file=sys.stderr)
+                return 1
     if not dist.main:
         return 0
-    if a.cv:  # the ensemble, OOD detectors and tables follow once evaluate_test.py has read the test split
-        print(f"cross-validated checkpoints written to {out}; next: python train/evaluate_test.py --root {out}")
-        return 0
+    members = None
+    if not a.train_sizes:  # the ensemble: members chosen on held-out AUC, built before the test split is read
+        found = trained_here(out)
+        members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
+        if len(members) >= 2:
+            member_ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing
+            build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}",
+                           n_boot=200 if a.quick else 1000, groups=data.extras.get("patients"))
+    # the last, separate step: the test split, read once; every decision above was taken on held-out data
+    print("== test split, read once, after all training (no recipe decision reads it) ==")
+    for root, run_data in runs:
+        folders = [root / i for i in ids] + [r / i for r in seed_roots for i in ids]
+        folders += [out / "ensemble"] if members and len(members) >= 2 else []
+        for folder, test in evaluation.evaluate_folders(folders, run_data, 200 if a.quick else 1000):
+            print(evaluation.line(folder, test))
     if a.train_sizes:
         if a.out is None and not a.quick:  # the project's own curves: BENCHMARKS.md shows them
             benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())
         print(f"learning-curve points written under {runs[0][0].parent}")
         return 0
-    found = {c.id: c for c in checkpoints.find(out) if c.path.parent == out and c.id != "ensemble"}
-    fit_ood_detectors([c for c in found.values() if c.has_weights], data)
-    members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
-    if len(members) >= 2:
-        member_ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing, then averages
-        build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}",
-                       groups=data.extras.get("patients"))
+    fit_ood_detectors([c for c in benchmarks.direct(out) if c.has_weights and c.id != "ensemble"], data)
     benchmarks.write_tables(out)
-    if not a.quick:
-        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())
+    if a.out is None and not a.quick:  # the project's own checkpoints: BENCHMARKS.md reports them
+        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root(),
+                                seeds_root())
     print(f"tables written to {out}")
     return 0
+
+
+def train_model(model_id: str, data, cfg, out: Path, base_root: Path, cmd: str, a: argparse.Namespace, dist: Dist,
+                name: str) -> None:
+    """Train one model (one seed) into ``out/model_id`` unless it is up to date, and print its held-out figures
+    (validation, or pooled out-of-fold): no test metric is computed here."""
+    if not a.force and is_up_to_date(out / model_id, model_id, cfg, data, base_root) and cv_matches(out / model_id, a):
+        if dist.main:
+            print(f"{name}: up to date, skipped")
+        return
+    if a.precision is None:  # the rebuild command names the precision this machine chose
+        cmd += f" --precision {cfg.precision}"
+    bar = tqdm(total=cfg.epochs * (a.cv + 1) if a.cv else cfg.epochs, desc=name, unit="epoch",
+               disable=not dist.main, dynamic_ncols=True)
+
+    def progress(ev: dict) -> None:
+        if ev.get("done") and "fold" in ev:  # cross-validation: k folds of full epochs, then the refit
+            bar.update(1)
+            bar.set_description(f"{name} fold {ev['fold']}")
+        if ev.get("done"):
+            bar.update(0 if "fold" in ev else ev["epoch"] + 1 - bar.n)  # a resumed run starts past zero
+            bar.set_postfix(val_auc=f"{ev['val_auc']:.3f}", loss=f"{ev['train_loss']:.3f}")
+        else:
+            bar.set_postfix_str(f"step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f}")
+
+    n_boot = 200 if a.quick else 1000
+    try:
+        if a.cv:
+            card = crossval.cross_validate(model_id, data, cfg, out, cmd, a.cv, a.cv_seed, progress, n_boot,
+                                           base_root=base_root)
+        else:
+            card = train_one(model_id, data, cfg, out, cmd, progress, dist, n_boot, base_root=base_root)
+    finally:
+        bar.close()
+    if card is None:
+        return
+    if a.cv:
+        cv, oof = card.extra["cv"], card.metrics.extra["oof"]
+        ci = oof.get("auc_macro_ci") or (float("nan"),) * 2
+        print(f"{name}: {a.cv}-fold OOF AUC {oof['auc_macro']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] at the chosen "
+              f"{cv['chosen_epochs']} epochs, then a refit on train + val ({card.seconds_per_epoch:.1f} s/epoch)")
+    else:
+        ci = card.metrics.val.auc_macro_ci or (float("nan"),) * 2
+        print(f"{name}: {card.epochs_run} epochs, {card.seconds_per_epoch:.1f} s/epoch, best epoch "
+              f"{card.best_epoch}, val AUC {card.metrics.val.auc_macro:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
 if __name__ == "__main__":

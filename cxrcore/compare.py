@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import explain, gate, metrics
 from .card import Card
 from .cards import training_data
-from .data import Box, Dataset
+from .data import Box, Split
 from .task import is_multilabel
 from .imaging import DecodedImage, Limits, decode, model_region, to_dataset_size, to_model_batch
 from .inference import LoadedModel
@@ -58,26 +58,16 @@ def upload_case(data: bytes, name: str, limits: Limits, all_boxes: Mapping[str, 
     return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape, all_boxes), gate.file_saturation(data))
 
 
-def test_image_names(ds: Dataset) -> list[str]:
-    """How each test-split image is listed: its NIH file name, or the dataset and index."""
-    names = ds.extras.get("names", {}).get("test")
-    if names is not None:
-        return [str(n) for n in names]
-    return [f"{ds.name} test #{i}" for i in range(len(ds.labels["test"]))]
-
-
-def test_split_case(ds: Dataset, index: int, all_boxes: Mapping[str, list[Box]]) -> Case:
-    """A test-split image as a case, through the same decode path as an upload; its labels are known."""
-    pixels = ds.images["test"][index, 0].numpy()
+def test_split_case(split: Split, index: int, all_boxes: Mapping[str, list[Box]]) -> Case:
+    """A test-split image (one memory-mapped row of :func:`cxrcore.datasets.load_split`) as a case, through the same
+    decode path as an upload; its labels are known."""
+    pixels = np.asarray(split.images[index, 0])
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
-    name = test_image_names(ds)[index]
-    y = ds.labels["test"][index]
-    truth = ([n for n, v in zip(ds.label_names, y) if v > 0.5] if is_multilabel(ds.task)
-             else [ds.label_names[int(y[0])]])
-    shape = NIH_ORIGINAL_SHAPE if ds.name.startswith("nih14") else pixels.shape
-    return Case(name, decode(buf.getvalue(), name, Limits(min_side=1)), f"{ds.name} test split", truth,
-                boxes_for(name, shape, all_boxes))
+    name = split.names[index]
+    shape = NIH_ORIGINAL_SHAPE if split.dataset.startswith("nih14") else pixels.shape
+    return Case(name, decode(buf.getvalue(), name, Limits(min_side=1)), f"{split.dataset} {split.name} split",
+                split.truth(index), boxes_for(name, shape, all_boxes))
 
 
 # ---- one image through the models -----------------------------------------------------------------------------------

@@ -66,10 +66,11 @@ def broken_checkpoints(root: str, dataset: str) -> list[checkpoints.Broken]:
 
 
 @st.cache_resource(show_spinner="Loading the test split…")
-def test_split(dataset: str, size: int) -> data.Dataset | None:
-    """The task's dataset when it is on this machine (never required), else None."""
+def test_split(dataset: str, size: int, cache_key: str | None) -> data.Split | None:
+    """The task's test split when it is on this machine (never required), else None: memory-mapped from the cache
+    folder the card names, without scanning the sources or reading the other splits."""
     try:
-        return data.load_dataset(dataset, size)
+        return datasets.load_split(dataset, size, "test", cache_key)
     except (data.DatasetNotFound, ValueError, OSError):
         return None
 
@@ -219,9 +220,10 @@ def image_input(sel: Selection) -> None:
     """Upload, or (when the dataset is on this machine) pick a test-split image."""
     st.file_uploader(f"Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM, up to {upload_mb()} MB",
                      key=UPLOAD, on_change=_on_upload, help="Read in memory only, never written to disk.")
-    ds = test_split(sel.dataset, sel.cards[0].card.dataset.size) if sel.cards else None
+    trained = sel.cards[0].card.dataset if sel.cards else None
+    ds = test_split(sel.dataset, trained.size, trained.extra.get("cache_key")) if trained else None
     if ds is not None:
-        names = compare.test_image_names(ds)
+        names = ds.names
 
         def pick() -> None:
             index = st.session_state["pick"]

@@ -251,9 +251,10 @@ def test_test_split_case_goes_through_decode_and_knows_its_labels():
               for s in ("train", "val", "test")}
     labels = {s: np.array([[0], [1], [0]], np.float32) for s in images}
     ds = Dataset("pneumoniamnist-local", 28, metrics.TASK_BINARY, ["normal", "pneumonia"], images, labels, "", "")
-    assert compare.test_image_names(ds) == [f"pneumoniamnist-local test #{i}" for i in range(3)]
-    case = compare.test_split_case(ds, 1, {})
-    assert case.truth == ["pneumonia"] and case.boxes == []
+    split = ds.split("test")
+    assert split.names == [f"pneumoniamnist-local test #{i}" for i in range(3)]
+    case = compare.test_split_case(split, 1, {})
+    assert case.truth == ["pneumonia"] and case.boxes == [] and case.source == "pneumoniamnist-local test split"
     np.testing.assert_array_equal(case.image.pixels, images["test"][1, 0].numpy())
 
 

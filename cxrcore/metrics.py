@@ -307,7 +307,7 @@ def _auc_columns(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[np
         return y_true > 0.5, y_score
     if task == TASK_BINARY:
         return y_true[:, :1] > 0.5, y_score[:, -1:]
-    return np.eye(y_score.shape[1], dtype=bool)[y_true[:, 0].astype(int)], y_score
+    return label_columns(y_true, TASK_MULTICLASS, y_score.shape[1]) > 0.5, y_score
 
 
 def bootstrap_aucs(y_true: np.ndarray, y_score: np.ndarray, task: str = TASK_MULTILABEL, n_boot: int = 1000,
@@ -500,7 +500,7 @@ def auc_ovr(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """One-vs-rest ROC AUC, the unweighted mean over classes (scikit-learn's multi_class="ovr", average="macro";
     MedMNIST's getAUC for multi-class); classes absent from ``y_true`` are skipped."""
     y_score = _as2d(y_score)
-    return float(np.nanmean(auc_per_label(np.eye(y_score.shape[1])[class_indices(y_true)], y_score)))
+    return float(np.nanmean(auc_per_label(label_columns(y_true, TASK_MULTICLASS, y_score.shape[1]), y_score)))
 
 
 def multiclass_summary(y_true: np.ndarray, y_score: np.ndarray, class_names: list[str]) -> dict:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from cxrcore import benchmarks, cards, localisation, published
 from cxrcore.curves import curves_root
+from cxrcore.runs import seeds_root
 from cxrcore.task import kind_of
 from pages import _common as ui
 
@@ -59,6 +60,12 @@ fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.
 fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)")
 fig.update_layout(yaxis=dict(title="test AUC", range=auc_axis(*lo)), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
+seed_rows, seed_claims = benchmarks.seed_report(cks, seeds_root(), sel.dataset)
+if seed_rows:
+    st.subheader("Seeds: test AUC mean +- sd, and the rankings they allow")
+    st.caption(benchmarks.SEED_NOTE)
+    st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
+    st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
 
 per_label, curves, prevalence, calibration, confusion, learning = st.tabs(
     ["Per-label metrics", "Training curves", "Label prevalence", "Calibration", "Confusion matrices",

@@ -52,22 +52,39 @@ class Case:
     colour_saturation: float = 0.0  # of the file before its grey conversion (gate.file_saturation); 0: grey
 
 
-def upload_case(data: bytes, name: str, limits: Limits, all_boxes: Mapping[str, list[Box]]) -> Case:
-    """Decode an upload (raises imaging.ImageError with a readable message) and attach its NIH boxes, if any."""
-    image = decode(data, name, limits)
-    return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape, all_boxes), gate.file_saturation(data))
+def task_channels(cards: Iterable[Card]) -> int:
+    """The channels a task's models read, from their cards (``dataset.channels``, what the network was built for):
+    3 for colour tasks (blood-cell smears), 1 for films and when there is no card."""
+    return next((c.dataset.channels for c in cards), 1)
+
+
+def read_image(data: bytes, name: str, limits: Limits, channels: int) -> DecodedImage:
+    """The one decode of the image being read, uploaded or picked from a test split: grey (H, W) for a task whose
+    models read grey films, colour (H, W, 3) for one whose models read RGB, so a colour model never gets a grey
+    conversion; raises imaging.ImageError with a readable message."""
+    if channels not in (1, 3):
+        raise ValueError(f"a task reads 1 (grey) or 3 (RGB) channels, not {channels}")
+    return decode(data, name, limits, rgb=channels == 3)
+
+
+def upload_case(data: bytes, name: str, limits: Limits, all_boxes: Mapping[str, list[Box]], channels: int) -> Case:
+    """Decode an upload as the task's models read it (:func:`read_image`) and attach its NIH boxes, if any."""
+    image = read_image(data, name, limits, channels)
+    return Case(name, image, "upload", None, boxes_for(name, image.pixels.shape[:2], all_boxes),
+                gate.file_saturation(data))
 
 
 def test_split_case(split: Split, index: int, all_boxes: Mapping[str, list[Box]]) -> Case:
     """A test-split image (one memory-mapped row of :func:`cxrcore.datasets.load_split`) as a case, through the same
-    decode path as an upload; its labels are known."""
-    pixels = np.asarray(split.images[index, 0])
+    decode path as an upload (:func:`read_image`, in the split's channels); its labels are known."""
+    row = np.asarray(split.images[index])
+    pixels = row.transpose(1, 2, 0) if split.channels == 3 else row[0]
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
     name = split.names[index]
-    shape = NIH_ORIGINAL_SHAPE if split.dataset.startswith("nih14") else pixels.shape
-    return Case(name, decode(buf.getvalue(), name, Limits(min_side=1)), f"{split.dataset} {split.name} split",
-                split.truth(index), boxes_for(name, shape, all_boxes))
+    shape = NIH_ORIGINAL_SHAPE if split.dataset.startswith("nih14") else pixels.shape[:2]
+    return Case(name, read_image(buf.getvalue(), name, Limits(min_side=1), split.channels),
+                f"{split.dataset} {split.name} split", split.truth(index), boxes_for(name, shape, all_boxes))
 
 
 # ---- one image through the models -----------------------------------------------------------------------------------
@@ -347,7 +364,8 @@ def cam_panel(square: np.ndarray, cam: explain.CamResult, alpha: float = explain
     """A CAM over the display square with its colour bar and the boxes (fractions of the square) outlined in green.
     A map with no localisation is never drawn: the plain film with "no localisation" across it, and no scale."""
     side = square.shape[0]
-    film = explain.overlay(square, cam.map, alpha, top) if cam.informative else np.repeat(square[..., None], 3, -1)
+    plain = square if square.ndim == 3 else np.repeat(square[..., None], 3, -1)
+    film = explain.overlay(square, cam.map, alpha, top) if cam.informative else plain
     rgb = Image.fromarray(film)
     draw = ImageDraw.Draw(rgb, "RGBA")
     for b in (box_on_square(b, (1, 1), side) for b in boxes):  # fractions are pixels of a 1 x 1 image

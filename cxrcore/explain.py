@@ -150,11 +150,11 @@ def opacity(cam: np.ndarray, alpha: float, top: float | None = None) -> np.ndarr
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = DEFAULT_ALPHA, top: float | None = None) -> np.ndarray:
-    """Blend a CAM (any size) over a grey (H, W) uint8 image: (H, W, 3) uint8 RGB."""
+    """Blend a CAM (any size) over a grey (H, W) or colour (H, W, 3) uint8 image: (H, W, 3) uint8 RGB."""
     heat_map = resize_map(cam, image.shape[:2])
     weight = opacity(heat_map, alpha, top)[..., None]
-    grey = np.repeat(image[..., None], 3, -1).astype(np.float32)
-    return np.clip((1 - weight) * grey + weight * jet(heat_map).astype(np.float32), 0, 255).astype(np.uint8)
+    base = (image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)).astype(np.float32)
+    return np.clip((1 - weight) * base + weight * jet(heat_map).astype(np.float32), 0, 255).astype(np.uint8)
 
 
 def peak(cam: np.ndarray) -> tuple[float, float]:

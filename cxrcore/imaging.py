@@ -197,10 +197,14 @@ def to_dataset_size(pixels: np.ndarray, size: int, square: str = "crop") -> np.n
 
 
 def to_model_batch(pixels_at_size: np.ndarray) -> torch.Tensor:
-    """(size, size) uint8 -> (1, 1, size, size) uint8 tensor, the layout of the dataset tensors fed to preprocess()."""
-    if pixels_at_size.ndim != 2 or pixels_at_size.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W) uint8 array, got {pixels_at_size.dtype} {pixels_at_size.shape}")
-    return torch.from_numpy(np.ascontiguousarray(pixels_at_size))[None, None]
+    """(size, size) or (size, size, 3) uint8 -> (1, C, size, size) uint8 tensor, the layout of the dataset tensors
+    fed to preprocess()."""
+    rgb = pixels_at_size.ndim == 3 and pixels_at_size.shape[2] == 3
+    if not (pixels_at_size.ndim == 2 or rgb) or pixels_at_size.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 array, got {pixels_at_size.dtype} "
+                         f"{pixels_at_size.shape}")
+    chw = pixels_at_size.transpose(2, 0, 1) if rgb else pixels_at_size[None]
+    return torch.from_numpy(np.ascontiguousarray(chw))[None]
 
 
 # ---- shared checks and the intensity rule --------------------------------------------------------------------------

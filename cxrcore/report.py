@@ -90,8 +90,8 @@ def report_columns(report: CaseReport) -> list[str]:
 
 def validate(report: CaseReport) -> None:
     """Fail early with a message naming the bad entry, rather than printing a misaligned table."""
-    if report.image.ndim != 2:
-        raise ValueError(f"image must be (H, W) grayscale, got shape {report.image.shape}")
+    if not (report.image.ndim == 2 or (report.image.ndim == 3 and report.image.shape[2] == 3)):
+        raise ValueError(f"image must be (H, W) grey or (H, W, 3) colour, got shape {report.image.shape}")
     n = len(report.label_names)
     for name, table in (("probs", report.probs), ("thresholds", report.thresholds)):
         for col in report_columns(report):
@@ -326,7 +326,7 @@ def _image_block(pdf: FPDF, report: CaseReport, top: float) -> float:
     w, h = _fit(report.image, _IMAGE_W, min(_IMAGE_W, _bottom(pdf) - top - 30))
     pdf.image(_png(report.image), x=_MARGIN, y=top, w=w, h=h)
     pdf.set_y(top + h + 1)
-    rows, cols = report.image.shape
+    rows, cols = report.image.shape[:2]
     _paragraph(pdf, f"{report.filename} ({cols} x {rows} px)", _IMAGE_W, 7)
     pdf.ln(1)
     _paragraph(pdf, table_note(report), _IMAGE_W, 7)

@@ -208,7 +208,9 @@ def _on_upload() -> None:
         _set_case(None)
         return
     try:
-        _set_case(compare.upload_case(file.getvalue(), file.name, upload_limits(), nih_boxes()))
+        cards = (c.card for c in task_checkpoints(str(checkpoint_root()), st.session_state.get("task", "")))
+        _set_case(compare.upload_case(file.getvalue(), file.name, upload_limits(), nih_boxes(),
+                                      compare.task_channels(cards)))
     except ImageError as exc:
         _set_case(None, f"{file.name}: {exc}")
     except Exception:  # noqa: BLE001 - whatever a person uploads, the page shows a message, never a traceback

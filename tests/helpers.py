@@ -21,7 +21,9 @@ TASKS = {  # dataset -> (label names, task, image size)
     "nih14-local": (NIH14, metrics.TASK_MULTILABEL, 64),
     "pneumoniamnist-local": (["normal", "pneumonia"], metrics.TASK_BINARY, 28),
     "kermany-pneumonia3": (["normal", "bacterial", "viral"], metrics.TASK_MULTICLASS, 64),
+    "blood-cells": (["eosinophil", "lymphocyte", "monocyte", "neutrophil"], metrics.TASK_MULTICLASS, 32),
 }
+CHANNELS = {"blood-cells": 3}  # dataset -> image channels, when not grey
 
 
 def dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
@@ -69,6 +71,7 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
                     seed: int = 0) -> checkpoints.Checkpoint:
     """A randomly initialised zoo model saved like ``runs.train_one`` saves one: full card, predictions, history."""
     labels, task, size = TASKS[dataset]
+    channels = CHANNELS.get(dataset, 1)
     spec = get_spec(model_id)
     (y_val, p_val), (y_test, p_test) = _split(80, labels, task, seed), _split(120, labels, task, seed)
     served = served_outputs({"val_probs": p_val, "val_labels": y_val, "test_probs": p_test, "test_labels": y_test},
@@ -76,13 +79,13 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
     block = dict(served.metrics)
     block["train_loss"], block["val_loss"] = 0.9, 0.95
     torch.manual_seed(seed)
-    model = spec.build(len(labels), 1, spec.model_input_size(size))
+    model = spec.build(len(labels), channels, spec.model_input_size(size))
     n_params = sum(p.numel() for p in model.parameters())
     counts = {"train": 400, "val": 80, "test": 120}
     card = {
         "id": model_id, "arch": spec.arch, "family": spec.family, "reference": spec.paper,
         "order": list_models().index(model_id),
-        "dataset": {"name": dataset, "size": size, "task": task, "channels": 1, "source_md5": "0" * 32,
+        "dataset": {"name": dataset, "size": size, "task": task, "channels": channels, "source_md5": "0" * 32,
                     "split_checksum": "fake-" + dataset, "counts": counts,
                     "prevalence": {s: [int(counts[s] * 0.3)] * len(labels) for s in counts}},
         "label_names": labels, "task": task, "input_size": spec.model_input_size(size),

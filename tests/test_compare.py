@@ -225,7 +225,7 @@ def test_predict_image_is_the_training_preprocessing(nih):
 def test_upload_case_decodes_and_places_nih_boxes_on_the_square():
     pixels = np.random.default_rng(0).integers(0, 256, (200, 300), dtype=np.uint8)
     boxes = {"00001933_000.png": [Box("Infiltrate", 100, 50, 100, 50)]}
-    case = compare.upload_case(png(pixels), "uploads/00001933_000.png", Limits(), boxes)
+    case = compare.upload_case(png(pixels), "uploads/00001933_000.png", Limits(), boxes, 1)
     assert case.source == "upload" and case.truth is None
     np.testing.assert_array_equal(case.image.pixels, pixels)
     (box,) = case.boxes  # the square is x 50..250, so the box spans 0.25..0.75 of it horizontally
@@ -235,12 +235,12 @@ def test_upload_case_decodes_and_places_nih_boxes_on_the_square():
 
 def test_upload_case_refuses_bad_bytes():
     with pytest.raises(ImageError, match="empty"):
-        compare.upload_case(b"", "x.png", Limits(), {})
+        compare.upload_case(b"", "x.png", Limits(), {}, 1)
 
 
 def test_dicom_case_keeps_identifiers_apart():
     case = compare.upload_case(dicom(np.arange(128 * 128, dtype=np.uint16).reshape(128, 128)), "scan.dcm",
-                               Limits(), {})
+                               Limits(), {}, 1)
     assert case.image.format == "DICOM" and case.image.identifiers["PatientName"] == "Doe^Jane"
     assert "PatientName" not in case.image.metadata
 
@@ -256,6 +256,59 @@ def test_test_split_case_goes_through_decode_and_knows_its_labels():
     case = compare.test_split_case(split, 1, {})
     assert case.truth == ["pneumonia"] and case.boxes == [] and case.source == "pneumoniamnist-local test split"
     np.testing.assert_array_equal(case.image.pixels, images["test"][1, 0].numpy())
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory):
+    """A tiny generated colour checkpoint (blood-cells, 3 channels, random weights)."""
+    return load_model(fake_checkpoint(tmp_path_factory.mktemp("rgb"), "cnn_small", "blood-cells").path)
+
+
+def colour_png(h: int = 80, w: int = 100) -> tuple[np.ndarray, bytes]:
+    rgb = np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return rgb, buf.getvalue()
+
+
+def test_the_tasks_channels_decide_how_an_upload_is_decoded_and_read(rgb_model, nih):
+    rgb, data = colour_png()
+    grey_cards = [c.card for c in nih]
+    assert compare.task_channels([rgb_model.card]) == 3 and compare.task_channels(grey_cards) == 1
+    assert compare.task_channels([]) == 1
+    colour = compare.upload_case(data, "cell.png", Limits(), {}, compare.task_channels([rgb_model.card]))
+    np.testing.assert_array_equal(colour.image.pixels, rgb)  # kept in colour for the colour model
+    grey = compare.upload_case(data, "cell.png", Limits(), {}, 1)
+    assert grey.image.pixels.shape == (80, 100)  # a film task still reads grey
+    x = compare.model_input(colour.image.pixels, rgb_model.data_size)
+    assert x.shape == (1, 3, 32, 32) and torch.equal(x[0, 1], torch.from_numpy(
+        to_dataset_size(rgb, 32)[..., 1]))  # channels in order, not a grey copy
+    p = compare.predict_image(rgb_model, colour.image.pixels)
+    assert p.shape == (4,) and np.isclose(p.sum(), 1, rtol=1e-5)
+    assert not np.allclose(p, compare.predict_image(rgb_model, np.repeat(grey.image.pixels[..., None], 3, -1)))
+    with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
+        compare.read_image(data, "cell.png", Limits(), 4)
+
+
+def test_a_colour_test_split_pick_is_decoded_and_shown_in_colour(rgb_model):
+    rng = np.random.default_rng(5)
+    images = {s: torch.from_numpy(rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)) for s in ("train", "val", "test")}
+    labels = {s: np.array([[3], [1]], np.float32) for s in images}
+    ds = Dataset("blood-cells", 32, metrics.TASK_MULTICLASS, rgb_model.label_names, images, labels, "", "")
+    case = compare.test_split_case(ds.split("test"), 0, {})
+    np.testing.assert_array_equal(case.image.pixels, images["test"][0].numpy().transpose(1, 2, 0))
+    assert case.truth == ["neutrophil"]
+    square = compare.display_square(case.image.pixels)
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 3] = 1
+    for informative in (True, False):
+        panel = compare.cam_panel(square, CamResult(heat, (8, 8), informative, "GradCAM", "x", ""))
+        assert panel.shape[0] == square.shape[0] and panel.shape[2] == 3
+    assert compare.film_with_region(case.image.pixels).shape == (32, 32, 3)
+    rep = compare.case_report(compare.compare({"cnn_small": [0.1, 0.2, 0.3, 0.4]},
+                                              {"cnn_small": [0.5] * 4}, rgb_model.label_names),
+                              case.image.pixels, case.name, [rgb_model.card], "cards")
+    assert case_report_pdf(rep).startswith(b"%PDF")
 
 
 def cam_result(heat: np.ndarray, informative: bool = True) -> CamResult:

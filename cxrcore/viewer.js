@@ -40,6 +40,7 @@
   function applyView() {
     world.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.s})`;
     film.classList.toggle("pixelated", view.s >= 2);  // show the pixels as they are, not smoothed, when enlarged
+    strokes();
     status();
   }
 
@@ -70,12 +71,19 @@
     applyView(); save();
   }
 
+  // Outlines 2 screen px wide at any zoom (the zoom is a CSS transform, which SVG's non-scaling-stroke ignores).
+  function strokes() {
+    for (const r of marks.querySelectorAll("rect")) {
+      r.setAttribute("stroke-width", String(2 / view.s));
+      if (r.dataset.dash) r.setAttribute("stroke-dasharray", `${6 / view.s} ${4 / view.s}`);
+    }
+  }
+
   function rect(o, color, dash) {
     const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
     for (const [k, v] of [["x", o.x], ["y", o.y], ["width", o.w], ["height", o.h]]) r.setAttribute(k, v);
-    r.setAttribute("fill", "none"); r.setAttribute("stroke", color); r.setAttribute("stroke-width", "2");
-    r.setAttribute("vector-effect", "non-scaling-stroke");
-    if (dash) r.setAttribute("stroke-dasharray", "6 4");
+    r.setAttribute("fill", "none"); r.setAttribute("stroke", color);
+    if (dash) r.dataset.dash = "1";
     const t = document.createElementNS("http://www.w3.org/2000/svg", "title");
     t.textContent = o.label; r.appendChild(t);
     return r;
@@ -86,6 +94,7 @@
     marks.setAttribute("width", film.naturalWidth); marks.setAttribute("height", film.naturalHeight);
     if (state.region) marks.appendChild(rect(cfg.region, cfg.colors.region, true));
     if (state.boxes) for (const b of cfg.boxes) marks.appendChild(rect(b, cfg.colors.box, false));
+    strokes();
     $("showregion").checked = state.region; $("showboxes").checked = state.boxes;
   }
 

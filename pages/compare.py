@@ -96,7 +96,9 @@ if warning:
 comp = ui.comparison(case, sel)
 agree = comp.agreement()
 lead = ENSEMBLE if ENSEMBLE in comp.probs else comp.models[0]
-source = compare.threshold_source(ui.overrides(sel.dataset))
+source = compare.threshold_source({})
+user_set = pd.DataFrame([{"Model": comp.label(c), "Label": label, "Threshold": "no call" if v != v else f"{v:.3f}"}
+                         for c, per in ui.overrides(sel.dataset).items() if c in comp.probs for label, v in per.items()])
 
 with right:
     comparable = st.toggle("Comparable score (each model's threshold at 0.5)", key="comparable",
@@ -160,7 +162,11 @@ mean_note = (f" {comp.label(ENSEMBLE)}: the live mean of the chosen models ({', 
              "calling the label positive, of those making a call." if ENSEMBLE in comp.probs else "")
 st.caption(f"Cells: {meaning}. **Red, bold: positive call** (at or above the model's threshold); green: negative; "
            f"grey italics: no call (no threshold with enough evidence). Hover a cell for its value to 4 decimals."
-           f"{mean_note} Thresholds: {source}.")
+           f"{mean_note} Thresholds: {source}"
+           + (f"; {len(user_set)} set by the user on the ROC page, listed below." if len(user_set) else "."))
+if len(user_set):
+    st.markdown("**Thresholds set by the user** (the ROC page resets them)")
+    st.dataframe(user_set, hide_index=True, height=min(38 + 35 * len(user_set), 320))
 no_call = comp.not_estimable()
 if no_call:
     st.markdown("**No call (score shown only)**\n" + "\n".join(f"- **{label}**: {why}" for label, why in

@@ -230,7 +230,8 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
                      dataset: str) -> dict[str, list[checkpoints.Checkpoint]]:
     """Every model's seeds, the main checkpoint first, then ``<seeds_root>/<dataset>/seed<k>/<id>`` in seed order
     (``run_all.py --seeds N``); the ensemble is left out (it has no seed of its own)."""
-    out = {c.id: [c] for c in main if not c.card.members}
+    inside = (lambda c: seeds_root is not None and Path(seeds_root).resolve() in c.path.resolve().parents)
+    out = {c.id: [c] for c in main if not c.card.members and not inside(c)}
     if seeds_root is None or not (Path(seeds_root) / dataset).is_dir():
         return out
     extra = [c for c in checkpoints.find(Path(seeds_root) / dataset) if c.path.parent.name.startswith("seed")]

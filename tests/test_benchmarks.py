@@ -214,3 +214,10 @@ def test_benchmarks_md_seed_section_shows_mean_sd_and_the_claims(seeded):
     text = "\n".join(benchmarks.seed_section(main, root / "seeds", "nih14-local", n_boot=100))
     assert "### Seeds" in text and "| resnet18 | 3 |" in text and "resnet18 ranks higher" in text
     assert benchmarks.seed_section(main, None, "nih14-local") == []  # no second seed: no section
+
+
+def test_a_seeds_tree_inside_the_checkpoint_root_is_not_taken_for_main_models(seeded):
+    root, made = seeded
+    everything = find(root)  # the main models and, below them, every seed
+    groups = benchmarks.seed_checkpoints(everything, root / "seeds", "nih14-local")
+    assert [c.path for c in groups["resnet18"]] == [c.path for c in made["resnet18"]]

@@ -197,15 +197,16 @@ def test_cross_validation_is_the_default_recipe(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_seeds_train_each_model_again_beside_the_main_one(tmp_path, data_dir):
-    res = run("--quick", "--models", "vanilla_cnn", "--seeds", "2", "--ensemble", "--out", str(tmp_path))
+    out = tmp_path / "run"
+    res = run("--quick", "--models", "vanilla_cnn", "--seeds", "2", "--ensemble", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
-    main = checkpoints.read_card(tmp_path / "vanilla_cnn")
-    extra = checkpoints.read_card(tmp_path / "seeds" / "nih14-local" / "seed1" / "vanilla_cnn")
+    main = checkpoints.read_card(out / "vanilla_cnn")
+    extra = checkpoints.read_card(tmp_path / "run-seeds" / "nih14-local" / "seed1" / "vanilla_cnn")
     assert extra.hparams["seed"] == main.hparams["seed"] + 1 and extra.config_key != main.config_key
     assert extra.metrics.test is not None and main.metrics.test is not None  # both read once, after training
     assert extra.dataset.split_checksum == main.dataset.split_checksum
     assert "vanilla_cnn seed 1: 1 epochs" in res.stdout
-    assert [c.id for c in checkpoints.find(tmp_path) if c.path.parent == tmp_path] == ["vanilla_cnn"]
+    assert [c.id for c in checkpoints.find(out)] == ["vanilla_cnn"]  # the seeds are not models of the tree
 
 
 # ---- DistributedDataParallel ---------------------------------------------------------------------------------------

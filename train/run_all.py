@@ -85,7 +85,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cv-seed", type=int, default=0, help="seed of the fold assignment")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train N seeds of each model: seed 0 is the model in --out, seeds 1..N-1 go to "
-                        "<seeds root>/<dataset>/seed<k>/<id> (default root: seeds/, or <out>/seeds with --out)")
+                        "<seeds root>/<dataset>/seed<k>/<id> (default root: seeds/, or <out>-seeds with --out)")
     p.add_argument("--pin", action="store_true",
                    help="record the weights now in checkpoints/ (or --out) as trusted in its MANIFEST.json and exit")
     return p.parse_args(argv)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    seeds_at = (a.out / "seeds") if a.out else seeds_root()
+    seeds_at = a.out.with_name(a.out.name + "-seeds") if a.out else seeds_root()  # never inside a checkpoint tree
     seed_roots = [seed_root(seeds_at, data.name, k) for k in range(1, a.seeds)]
     cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
     for (root, run_data), model_id in itertools.product(runs, ids):

@@ -346,7 +346,9 @@ def test_threshold_slider_moves_sensitivity_and_specificity_and_carries_to_compa
     assert not at.exception, at.exception
     assert float(metric(at, "Sensitivity")) < float(sens) and float(metric(at, "Specificity")) > float(spec)
     at.switch_page("pages/compare.py").run()
-    assert "set by the user: vanilla_cnn Atelectasis=0.950" in texts(at)
+    listed = next(d.value for d in at.dataframe if "Threshold" in d.value.columns and "Model" in d.value.columns)
+    assert listed.to_dict("records") == [{"Model": "vanilla_cnn", "Label": "Atelectasis", "Threshold": "0.950"}]
+    assert "1 set by the user on the ROC page, listed below" in texts(at)
     assert at.session_state["thresholds"]["nih14-local"]["vanilla_cnn"]["Atelectasis"] == 0.95
 
 

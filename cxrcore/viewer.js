@@ -35,6 +35,7 @@
       $(id).setAttribute("intercept", intercept.toFixed(6));
     }
     $("window").value = state.window; $("level").value = state.level; $("invert").checked = state.invert;
+    if (tiles.length) drawTiles();
   }
 
   function applyView() {
@@ -98,6 +99,32 @@
     $("showregion").checked = state.region; $("showboxes").checked = state.boxes;
   }
 
+  // Every map side by side under the viewer: the model's square at the film's window/level, the map at the same
+  // opacity; a click shows that map in the viewer.
+  const tiles = cfg.layers.length > 1 ? cfg.layers.map((layer, k) => {
+    const tile = document.createElement("div"), canvas = document.createElement("canvas"), name = document.createElement("div");
+    tile.className = "tile"; tile.title = layer.caption; name.textContent = layer.name.split(" (")[0];
+    canvas.width = canvas.height = 300;  // drawn at twice the tile's CSS size: sharp on high-density screens
+    tile.append(canvas, name); $("tiles").appendChild(tile);
+    tile.onclick = () => { state.layer = k; applyLayer(); save(); };
+    return canvas;
+  }) : [];
+
+  function drawTiles() {
+    const r = cfg.region;
+    tiles.forEach((canvas, k) => {
+      const ctx = canvas.getContext("2d"), n = canvas.width;
+      ctx.clearRect(0, 0, n, n);
+      ctx.filter = "url(#wl)"; ctx.globalAlpha = 1;
+      ctx.drawImage(film, r.x, r.y, r.w, r.h, 0, 0, n, n);
+      ctx.filter = "none";
+      if (cfg.layers[k].informative && cams[k].complete) { ctx.globalAlpha = state.opacity; ctx.drawImage(cams[k], 0, 0, n, n); }
+      canvas.parentElement.classList.toggle("on", k === state.layer);
+    });
+  }
+
+  cams.forEach((img) => img.addEventListener("load", () => { if (film.complete) drawTiles(); }));
+
   function applyLayer() {
     const r = cfg.region;
     cams.forEach((img, k) => {
@@ -109,6 +136,7 @@
     $("caption").textContent = layer ? layer.caption : "";
     $("layer").value = String(state.layer);
     $("opacity").value = state.opacity; $("opacityvalue").textContent = Number(state.opacity).toFixed(2);
+    drawTiles();
   }
 
   // ---- controls ----

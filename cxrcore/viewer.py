@@ -24,6 +24,7 @@ from .imaging import Region
 
 MAX_SIDE = 4096  # px: a longer film is sent downsampled (the status line says so); the browser gets the rest as is
 OVERLAY_SIDE = 512  # px a side of a CAM overlay: the map is upsampled here (bilinear, as the app's panels are)
+TILE = 150  # px a side of each map's thumbnail under the viewer (every map side by side, at the same opacity)
 REGION_COLOR, BOX_COLOR = "#ffc400", "#00ff00"  # the model's input square; NIH radiologists' boxes
 _SCRIPT = Path(__file__).with_name("viewer.js")
 
@@ -129,7 +130,7 @@ def page(film_src: str, shape: tuple[int, ...], scale: float, region: Outline, b
                       enumerate(layers))
     return _TEMPLATE.format(
         config=html.escape(json.dumps(config), quote=True), film=film_src, sources=sources, script=_SCRIPT.read_text(),
-        region_color=REGION_COLOR, box_color=BOX_COLOR, height=height)
+        region_color=REGION_COLOR, box_color=BOX_COLOR, height=height, tile=TILE)
 
 
 _TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><style>
@@ -150,6 +151,11 @@ touch-action:none;user-select:none}}
 .world svg{{position:absolute;left:0;top:0;overflow:visible;pointer-events:none}}
 .status{{color:#a3a8b8;font-size:12px;padding-top:3px}}
 .caption{{font-size:12px;color:#c8ccd8;padding-top:2px;min-height:1em}}
+.tiles{{display:flex;flex-wrap:wrap;gap:6px;padding-top:6px}}
+.tile{{width:{tile}px;cursor:pointer;border:2px solid transparent;border-radius:4px;font-size:11px;color:#c8ccd8}}
+.tile.on{{border-color:#ff4b4b}}
+.tile canvas{{display:block;width:{tile}px;height:{tile}px;background:#000}}
+.tile div{{overflow:hidden;max-height:2.7em;padding:1px 2px}}
 .jet{{display:inline-block;width:70px;height:9px;margin:0 3px;vertical-align:0;
 background:linear-gradient(90deg,#00007f,#00f 12.5%,#0ff 37.5%,#ff0 62.5%,#f00 87.5%,#7f0000)}}  /* explain.jet */
 .key{{display:inline-block;width:10px;height:10px;border:2px solid;margin-right:3px;vertical-align:-1px}}
@@ -184,6 +190,7 @@ background:linear-gradient(90deg,#00007f,#00f 12.5%,#0ff 37.5%,#ff0 62.5%,#f00 8
  <feFuncG id="fg" type="linear" slope="1" intercept="0"/><feFuncB id="fb" type="linear" slope="1" intercept="0"/>
  </feComponentTransfer></filter></svg>
 <div class="caption" id="caption"></div>
+<div class="tiles" id="tiles"></div>
 <div class="status" id="status"></div>
 </div>
 <script>{script}</script></body></html>"""

@@ -3,8 +3,12 @@
 A tiny CNN (64 px, grey) trained self-supervised on local chest films (see :mod:`cxrcore.gate_training`) tells an
 upright film from the same film rotated, flipped or inverted, and from images that are no chest film at all
 (documents, noise, photographs); a second output tells adult (NIH) from paediatric (Kermany / PneumoniaMNIST) films.
-Colour is judged before the grey conversion, from the upload's colour saturation. Every threshold was chosen on
-validation images and is stored in the gate's card. The gate warns; it never refuses: the radiologist decides.
+Colour is judged before the grey conversion, from the upload's colour saturation. Two logistic probes on the CNN's
+pooled features (:class:`Probe`, fitted with the CNN fixed) tell a whole film from a zoomed-in or cropped part of one,
+and adult from paediatric films as uploads reach the gate (full-size films and PneumoniaMNIST's 28 px ones); where
+the card has the population probe it replaces the domain output (on validation it caught 99 % of adult films on a
+paediatric task at 1 % false alarms, the domain output 93 %). Every threshold was chosen on validation images and is
+stored in the gate's card. The gate warns; it never refuses: the radiologist decides.
 """
 from __future__ import annotations
 
@@ -108,9 +112,13 @@ class Thresholds:
     adult_max_paediatric: float  # on an adult task, flag when P(paediatric) is above it
     paediatric_min_paediatric: float  # on a paediatric task, flag when P(paediatric) is below it
     colour: float  # flag when the upload's colour saturation is above it
+    upright_paediatric: float | None = None  # on a paediatric task, flag when P(upright) is below it (None: upright)
+    zoomed: float | None = None  # flag when P(zoomed in or cropped) is above it (None: no zoom probe)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if name in ("upright_paediatric", "zoomed") and value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 < value < 1.0):
                 raise ValueError(f"gate threshold {name}={value!r} is not a number strictly between 0 and 1")
 
@@ -121,6 +129,22 @@ class Reading:
 
     probs: dict[str, float]  # per class of CLASSES
     paediatric: float  # P(paediatric film)
+    zoomed: float = 0.0  # P(a zoomed-in or cropped film), 0 without a zoom probe
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Logistic regression on the standardised pooled features of the gate's CNN (P(zoomed in or cropped), or
+    P(paediatric))."""
+
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+
+    def prob(self, pooled: np.ndarray) -> np.ndarray:
+        z = ((np.asarray(pooled) - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.weights)
+        return 1.0 / (1.0 + np.exp(-(z + self.bias)))
 
 
 @dataclass(frozen=True)
@@ -131,10 +155,18 @@ class Finding:
     detail: str
 
 
+def pooled_and_logits(net: GateNet, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 1, 64, 64) -> the pooled features the head reads (N, 64*GRID*GRID) and the logits, in eval mode."""
+    feats = net.pool(net.features(to_input(images))).flatten(1)
+    return feats, net.head(feats)
+
+
 @dataclass
 class Gate:
     net: GateNet
     thresholds: Thresholds
+    zoom: Probe | None = None
+    population: Probe | None = None  # replaces the domain output's P(paediatric) when present
 
     @torch.no_grad()
     def read(self, images: torch.Tensor, batch_size: int = 512) -> list[Reading]:
@@ -142,24 +174,31 @@ class Gate:
         self.net.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            logits = self.net(to_input(images[i:i + batch_size]))
+            feats, logits = pooled_and_logits(self.net, images[i:i + batch_size])
             probs = torch.softmax(logits[:, :DOMAIN_OUTPUT], 1).numpy()
-            paed = torch.sigmoid(logits[:, DOMAIN_OUTPUT]).numpy()
-            out += [Reading(dict(zip(CLASSES, map(float, p))), float(q)) for p, q in zip(probs, paed)]
+            paed = (self.population.prob(feats.numpy()) if self.population
+                    else torch.sigmoid(logits[:, DOMAIN_OUTPUT]).numpy())
+            zoomed = self.zoom.prob(feats.numpy()) if self.zoom else np.zeros(len(feats))
+            out += [Reading(dict(zip(CLASSES, map(float, p))), float(q), float(z))
+                    for p, q, z in zip(probs, paed, zoomed)]
         return out
 
     def findings(self, reading: Reading, population: str | None, saturation: float = 0.0) -> list[Finding]:
         """The checks one reading fails, given the task's population ('adult', 'paediatric' or None: not judged)."""
         t, found = self.thresholds, []
+        upright = t.upright_paediatric if population == "paediatric" and t.upright_paediatric is not None else t.upright
         if saturation > t.colour:
             found.append(Finding("colour", f"a colour image (saturation {saturation:.2f} > {t.colour:.2f}), "
                                            "not a radiograph"))
-        if reading.probs["upright"] < t.upright:
+        if reading.probs["upright"] < upright:
             worst = max(CLASSES[1:], key=reading.probs.get)
             check = {"inverted": "inverted", "not_xray": "not a chest film"}.get(worst, "orientation")
             found.append(Finding(check, f"looks {DESCRIBE[worst]} (P(upright frontal film) "
-                                        f"{reading.probs['upright']:.2f} < {t.upright:.2f})"))
+                                        f"{reading.probs['upright']:.2f} < {upright:.2f})"))
             return found  # the population of a film that is not upright is not worth judging
+        if t.zoomed is not None and reading.zoomed > t.zoomed:
+            found.append(Finding("zoom", f"looks zoomed in or cropped, not a whole film (P {reading.zoomed:.2f} > "
+                                         f"{t.zoomed:.2f}); these models learnt from whole films"))
         if population == "adult" and reading.paediatric > t.adult_max_paediatric:
             found.append(Finding("population", f"looks like a paediatric film (P {reading.paediatric:.2f}); these "
                                                "models learnt from adult films"))
@@ -201,4 +240,5 @@ def load(folder: Path = GATE_DIR) -> Gate:
         raise ValueError(f"{folder / WEIGHTS} does not match the sha256 in its card")
     net = GateNet()
     net.load_state_dict({k: v.float() for k, v in load_safetensors(data).items()})
-    return Gate(net.eval(), Thresholds(**card["thresholds"]))
+    probe = lambda key: Probe(**card[key]) if card.get(key) else None  # noqa: E731
+    return Gate(net.eval(), Thresholds(**card["thresholds"]), probe("zoom_probe"), probe("population_probe"))

@@ -19,11 +19,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from scipy.optimize import minimize
+
 from .gate import CLASSES, DOMAIN_OUTPUT, GRID, SIZE, TRANSFORMS, WIDTHS, Gate, GateNet, Thresholds, colour_saturation, orient
-from .gate import to_input
+from .gate import Probe, pooled_and_logits, to_input
 from .imaging import to_dataset_size
 
 FALSE_ALARM_TARGET = 0.02  # per check, on validation films
+ZOOM_SHARES = (0.4, 0.75)  # side share of the crops the zoom probe learns; the gate's augmentation zooms 1.15x at most
+PROBE_L2 = 1.0  # ridge penalty of the probes on standardised features
 VAL_SHARE = 10  # one Kermany train patient in VAL_SHARE is held out for validation
 BLOOD_FOLDER = "blood_cells"
 KERMANY_FOLDER = "kermany_pneumonia"
@@ -67,8 +71,8 @@ def nih(data_dir: Path, split: str) -> Films:
     return Films(images, np.zeros(len(images), bool), np.zeros(len(images), np.float32))
 
 
-def kermany(data_dir: Path, split: str) -> Films:
-    """Kermany films: ``train`` and ``val`` are a patient-grouped partition of its train folder, ``test`` its test
+def kermany_paths(data_dir: Path, split: str) -> list[Path]:
+    """Kermany files: ``train`` and ``val`` are a patient-grouped partition of its train folder, ``test`` its test
     folder (PneumoniaMNIST's test images, for the benchmark only)."""
     root = data_dir / KERMANY_FOLDER
     with open(root / "labels.csv", newline="") as f:
@@ -76,7 +80,12 @@ def kermany(data_dir: Path, split: str) -> Films:
     if split != "test":
         held = lambda r: zlib.crc32(r["patient"].encode()) % VAL_SHARE == 0  # noqa: E731
         rows = [r for r in rows if held(r) == (split == "val")]
-    return _files([root / r["path"] for r in rows], True)
+    return [root / r["path"] for r in rows]
+
+
+def kermany(data_dir: Path, split: str) -> Films:
+    """Kermany films of one split (see :func:`kermany_paths`) at the gate's size."""
+    return _files(kermany_paths(data_dir, split), True)
 
 
 def pneumoniamnist(data_dir: Path, split: str) -> Films:
@@ -250,31 +259,143 @@ def train(films: list[Films], negatives: np.ndarray, r: Recipe = Recipe(), log=p
     return net.eval()
 
 
+# ---- probes on the pooled features: zoomed-in or cropped films, adult or paediatric ---------------------------------
+
+def crops(films: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """(N, 64, 64) uint8: one square of a random ZOOM_SHARES share of each (H, W) film's short side, anywhere on it,
+    at the gate's size: an upload of part of a film."""
+    out = []
+    for x in films:
+        h, w = x.shape
+        side = max(8, int(min(h, w) * rng.uniform(*ZOOM_SHARES)))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out.append(to_dataset_size(np.ascontiguousarray(x[top:top + side, left:left + side]), SIZE))
+    return np.stack(out)
+
+
+def full_size(paths: list[Path]) -> list[np.ndarray]:
+    """Image files as grey arrays at their own size (PIL's luminance, as uploads are converted)."""
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            out.append(np.asarray(im.convert("RGB").convert("L")))
+    return out
+
+
+@torch.no_grad()
+def pooled(net: GateNet, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    net.eval()
+    x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    return np.concatenate([pooled_and_logits(net, x[i:i + batch_size])[0].numpy() for i in range(0, len(x), batch_size)])
+
+
+def fit_probe(net: GateNet, negatives: np.ndarray, positives: np.ndarray) -> Probe:
+    """Ridge-penalised logistic regression of positives (1) vs negatives (0), (N, 64, 64) uint8 each, on the gate's
+    pooled features (the CNN is not changed), the two classes weighted equally."""
+    f = np.concatenate([pooled(net, negatives), pooled(net, positives)]).astype(np.float64)
+    y = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
+    weight = np.where(y == 1, 0.5 / len(positives), 0.5 / len(negatives))
+    mean, scale = f.mean(0), f.std(0) + 1e-6
+    z = (f - mean) / scale
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        u = z @ theta[:-1] + theta[-1]
+        r = weight * (1.0 / (1.0 + np.exp(-u)) - y)
+        nll = float(np.sum(weight * (np.logaddexp(0, u) - y * u)))
+        pen = 0.5 * PROBE_L2 / len(y) * float(theta[:-1] @ theta[:-1])
+        return nll + pen, np.r_[z.T @ r + PROBE_L2 / len(y) * theta[:-1], r.sum()]
+
+    theta = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+    return Probe(mean.tolist(), scale.tolist(), theta[:-1].tolist(), float(theta[-1]))
+
+
+@dataclass
+class ProbeData:
+    """What the probes learn from (train splits only), at the gate's size, and the crops they are validated on."""
+
+    adult: np.ndarray  # whole adult films
+    paediatric: np.ndarray  # whole paediatric films
+    zoomed: np.ndarray
+    zoomed_val: dict[str, tuple[np.ndarray, str]]  # name -> (crops of validation films, their population)
+    counts: dict
+
+
+def probe_data(data_dir: Path, seed: int, n_kermany: int = 1500, n_pneumoniamnist: int = 1000) -> ProbeData:
+    """Adult: NIH train at 64 and at 224 px; paediatric: a draw of Kermany train films at full size and of
+    PneumoniaMNIST train at 28 px (uploads at its own size); zoomed: crops of the NIH 224 px train films (two each)
+    and of the Kermany draw. Validation crops: of the NIH 224 px val films and of the held-out Kermany patients."""
+    rng = np.random.default_rng(seed)
+    with np.load(data_dir / "nih14_local_224.npz") as z:
+        nih224 = {s: list(z[f"{s}_images"]) for s in ("train", "val")}
+    paths = kermany_paths(data_dir, "train")
+    ker = full_size([paths[i] for i in np.sort(rng.permutation(len(paths))[:n_kermany])])
+    with np.load(data_dir / "pneumoniamnist_28.npz") as z:
+        pm = z["train_images"][np.sort(rng.permutation(len(z["train_images"]))[:n_pneumoniamnist])]
+    size = lambda xs: np.stack([to_dataset_size(x, SIZE) for x in xs])  # noqa: E731
+    adult = np.concatenate([nih(data_dir, "train").images, size(nih224["train"])])
+    paediatric = np.concatenate([size(ker), size(pm)])
+    zoomed = np.concatenate([crops(nih224["train"] * 2, rng), crops(ker, rng)])
+    val = {"nih_224": (crops(nih224["val"] * 2, rng), "adult"),
+           "kermany": (crops(full_size(kermany_paths(data_dir, "val")), rng), "paediatric")}
+    counts = {"probe_adult": len(adult), "probe_paediatric": len(paediatric), "probe_crops": len(zoomed),
+              **{f"probe_val_crops_{k}": len(v[0]) for k, v in val.items()}}
+    return ProbeData(adult, paediatric, zoomed, val, counts)
+
+
+def fit_probes(net: GateNet, d: ProbeData) -> tuple[Probe, Probe]:
+    """(zoom: zoomed vs every whole film, population: paediatric vs adult)."""
+    return fit_probe(net, np.concatenate([d.adult, d.paediatric]), d.zoomed), fit_probe(net, d.adult, d.paediatric)
+
+
 # ---- thresholds, on validation films only ---------------------------------------------------------------------------
 
 def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q, method="lower"))
 
 
-def choose_thresholds(net: GateNet, val: dict[str, Films], blood_val: Films) -> tuple[Thresholds, dict]:
-    """Each threshold at 0.5 unless that would flag more than FALSE_ALARM_TARGET of the validation films the check
-    must pass; then at that quantile. Colour: twice the highest saturation of a validation film, at least 0.05."""
-    gate = Gate(net, Thresholds(0.5, 0.5, 0.5, 0.5))
+def _nth_smallest(values: np.ndarray, n: int) -> float:
+    """A threshold below which exactly the ``n`` smallest values fall (1.0 when there are not more than n)."""
+    return float(np.sort(values)[n]) if n < len(values) else 1.0
+
+
+def choose_thresholds(net: GateNet, val: dict[str, Films], blood_val: Films,
+                      probes: tuple[Probe | None, Probe | None] = (None, None),
+                      zoomed_val: dict[str, tuple[np.ndarray, str]] | None = None) -> tuple[Thresholds, dict]:
+    """Each threshold at 0.5 unless that would flag more than its share of FALSE_ALARM_TARGET of the validation films
+    the check must pass; then at that quantile. Adult task: orientation gets the whole target (the population check
+    stays at 0.5, which flags no adult validation film). Paediatric task: orientation and population both fire on its
+    blurred 28 px films, so population gets half the target and orientation what population leaves of it on each set:
+    together they flag at most the target. Colour: twice the highest
+    saturation of a validation film, at least 0.05. ``probes``: (zoom, population), see :func:`fit_probes`; the
+    population probe, when given, replaces the domain output. Zoom: at 0.5 unless that flags more than
+    half the target of any validation film set, then at that quantile (so all checks together flag at most 1.5 times
+    the target of a set)."""
+    zoom, population = probes
+    gate = Gate(net, Thresholds(0.5, 0.5, 0.5, 0.5), zoom, population)
     reads = {k: gate.read(torch.from_numpy(f.images)[:, None]) for k, f in val.items()}
-    upright = min(_quantile(np.array([r.probs["upright"] for r in v]), FALSE_ALARM_TARGET) for v in reads.values())
+    up = {k: np.array([r.probs["upright"] for r in v]) for k, v in reads.items()}
     paed = {k: np.array([r.paediatric for r in v]) for k, v in reads.items()}
     adult = [k for k in val if not val[k].paediatric[0]]
+    child = [k for k in val if k not in adult]
+    half = FALSE_ALARM_TARGET / 2
     films = Films.join(*val.values())
-    t = Thresholds(upright=min(0.5, upright),
+    paediatric_min = min(0.5, *(_quantile(paed[k], half) for k in child))
+    passed = {k: paed[k] >= paediatric_min for k in child}  # the films the population check leaves to orientation
+    left = {k: max(0, int(FALSE_ALARM_TARGET * len(up[k])) - int((~passed[k]).sum())) for k in child}
+    t = Thresholds(upright=min(0.5, *(_quantile(u, FALSE_ALARM_TARGET) for u in up.values())),
                    adult_max_paediatric=max(0.5, *(_quantile(paed[k], 1 - FALSE_ALARM_TARGET) for k in adult)),
-                   paediatric_min_paediatric=min(0.5, *(_quantile(paed[k], FALSE_ALARM_TARGET)
-                                                        for k in val if k not in adult)),
-                   colour=min(0.5, max(0.05, 2 * float(films.saturation.max()))))
-    return t, validation_rates(Gate(net, t), val, blood_val)
+                   paediatric_min_paediatric=paediatric_min,
+                   colour=min(0.5, max(0.05, 2 * float(films.saturation.max()))),
+                   upright_paediatric=min(0.5, *(_nth_smallest(up[k][passed[k]], left[k]) for k in child)),
+                   zoomed=max(0.5, *(_quantile(np.array([r.zoomed for r in v]), 1 - half) for v in reads.values()))
+                   if zoom else None)
+    return t, validation_rates(Gate(net, t, zoom, population), val, blood_val, zoomed_val or {})
 
 
-def validation_rates(gate: Gate, val: dict[str, Films], blood_val: Films) -> dict:
-    """Per validation set: false alarms on the real films, detection of each transform; colour detection."""
+def validation_rates(gate: Gate, val: dict[str, Films], blood_val: Films,
+                     zoomed_val: dict[str, tuple[np.ndarray, str]] | None = None) -> dict:
+    """Per validation set: false alarms on the real films, detection of each transform; colour detection; detection
+    of the zoomed-in crops of validation films, on their population's task."""
     out = {}
     for name, f in val.items():
         pop = "paediatric" if f.paediatric[0] else "adult"
@@ -285,6 +406,8 @@ def validation_rates(gate: Gate, val: dict[str, Films], blood_val: Films) -> dic
             row[kind] = flagged(gate, np.stack([orient(x, kind) for x in f.images]), pop)
         out[name] = row
     out["blood_cells"] = {"n": len(blood_val), "detected": flagged(gate, blood_val.images, None, blood_val.saturation)}
+    for name, (images, pop) in (zoomed_val or {}).items():
+        out[f"{name}_crops"] = {"n": len(images), "detected": flagged(gate, images, pop)}
     return out
 
 
@@ -295,7 +418,8 @@ def flagged(gate: Gate, images: np.ndarray, population: str | None, saturation: 
     return float(np.mean([bool(gate.findings(r, population, float(s))) for r, s in zip(reads, sat)]))
 
 
-def card(r: Recipe, t: Thresholds, rates: dict, counts: dict, seconds: float, command: str) -> dict:
+def card(r: Recipe, t: Thresholds, rates: dict, counts: dict, seconds: float, command: str,
+         probes: tuple[Probe | None, Probe | None] = (None, None)) -> dict:
     return {
         "what": "chest-film gate: upright frontal chest radiograph vs rotated / flipped / inverted / not a chest film; "
                 "adult vs paediatric",
@@ -308,8 +432,10 @@ def card(r: Recipe, t: Thresholds, rates: dict, counts: dict, seconds: float, co
                  "validation": f"NIH val split, the held-out Kermany train patients, PneumoniaMNIST val at 28 px, "
                                f"{counts.get('blood_val')} other blood-cell TRAIN crops",
                  "counts": counts},
-        "recipe": asdict(r), "threshold_rule": choose_thresholds.__doc__.split("\n")[0] + " " +
-                                               choose_thresholds.__doc__.split("\n")[1].strip(),
+        "recipe": asdict(r), "threshold_rule": " ".join(choose_thresholds.__doc__.split()),
         "false_alarm_target": FALSE_ALARM_TARGET, "thresholds": asdict(t), "validation": rates,
         "train_seconds": round(seconds, 1), "rebuild_command": command,
+        "probe_data": " ".join(probe_data.__doc__.split()) if any(probes) else None,
+        "zoom_probe": asdict(probes[0]) if probes[0] else None,
+        "population_probe": asdict(probes[1]) if probes[1] else None,
     }

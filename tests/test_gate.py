@@ -1,6 +1,7 @@
 """The chest-film gate: transforms, thresholds and card, training pieces, and the shipped gate on real films."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -84,7 +85,56 @@ def test_findings_name_the_check_that_fired():
     assert g.findings(gate.Reading({**probs, "not_xray": 1.0}, 0.0), "adult")[0].check == "not a chest film"
 
 
+def test_a_paediatric_task_has_its_own_orientation_threshold():
+    """P(upright) 0.3 fails the adult task's 0.5 but passes the paediatric task's 0.2; without one, both use 0.5."""
+    probs = {**dict.fromkeys(gate.CLASSES, 0.0), "upright": 0.3, "hflip": 0.7}
+    own = gate.Gate(gate.GateNet(), gate.Thresholds(0.5, 0.99, 0.01, 0.05, upright_paediatric=0.2))
+    assert own.findings(gate.Reading(probs, 0.5), "paediatric") == []
+    assert [f.check for f in own.findings(gate.Reading(probs, 0.5), "adult")] == ["orientation"]
+    shared = gate.Gate(gate.GateNet(), gate.Thresholds(0.5, 0.99, 0.01, 0.05))
+    assert [f.check for f in shared.findings(gate.Reading(probs, 0.5), "paediatric")] == ["orientation"]
+    with pytest.raises(ValueError, match="upright_paediatric"):
+        gate.Thresholds(0.5, 0.5, 0.5, 0.05, upright_paediatric=1.0)
+
+
+def test_probes_are_saved_read_and_named(tmp_path):
+    torch.manual_seed(0)
+    net = gate.GateNet().eval()
+    d = gate.WIDTHS[-1] * gate.GRID ** 2
+    probe = gate.Probe([0.0] * d, [1.0] * d, [0.0] * d, 3.0)  # P(zoomed) = sigmoid(3) for any image
+    thresholds = {"upright": 1e-9, "adult_max_paediatric": 1 - 1e-9, "paediatric_min_paediatric": 1e-9,
+                  "colour": 0.5, "zoomed": 0.9}
+    child = gate.Probe([0.0] * d, [1.0] * d, [0.0] * d, -2.0)  # P(paediatric) = sigmoid(-2)
+    gate.save(tmp_path, net, {"thresholds": thresholds, "zoom_probe": dataclasses.asdict(probe),
+                              "population_probe": dataclasses.asdict(child)})
+    g = gate.load(tmp_path)
+    (reading,) = g.read(torch.zeros((1, 1, 64, 64), dtype=torch.uint8))
+    assert reading.zoomed == pytest.approx(1 / (1 + np.exp(-3.0)))
+    assert reading.paediatric == pytest.approx(1 / (1 + np.exp(2.0)))  # the probe, not the domain output
+    (f,) = g.findings(reading, "adult")
+    assert f.check == "zoom" and "cropped" in f.detail
+    assert gate.Gate(net, gate.Thresholds(**{**thresholds, "zoomed": 0.99}), probe).findings(reading, "adult") == []
+    assert gate.Gate(net, g.thresholds).read(torch.zeros((1, 1, 64, 64), dtype=torch.uint8))[0].zoomed == 0.0
+
+
 # ---- training pieces ---------------------------------------------------------------------------------------------
+
+def test_crops_are_zoomed_in_squares_of_the_film():
+    film = np.tile(np.arange(200, dtype=np.uint8), (100, 1))  # each column its own grey level
+    out = gt.crops([film] * 20, np.random.default_rng(0))
+    assert out.shape == (20, 64, 64) and out.dtype == np.uint8
+    spans = out[:, 32, -1].astype(int) - out[:, 32, 0]  # grey levels across a crop = its width in film columns
+    assert (spans >= gt.ZOOM_SHARES[0] * 100 - 3).all() and (spans <= gt.ZOOM_SHARES[1] * 100 + 3).all()
+
+
+def test_a_probe_learns_what_tells_the_two_apart():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    net = gate.GateNet().eval()
+    whole, zoomed = gt.noise(rng, 60) // 4, gt.noise(rng, 60) // 4 + 150
+    probe = gt.fit_probe(net, whole, zoomed)
+    assert (probe.prob(gt.pooled(net, whole)) < 0.5).mean() > 0.9
+    assert (probe.prob(gt.pooled(net, zoomed)) > 0.5).mean() > 0.9
 
 def test_synthetic_negatives_have_their_shapes():
     rng = np.random.default_rng(0)
@@ -101,9 +151,19 @@ def test_training_steps_lower_the_loss_and_thresholds_follow_the_rule():
     net = gt.train(films, gt.noise(rng, 40), gt.Recipe(steps=6, batch_size=32), log=losses.append)
     assert len(losses) == 2 and all("loss" in line for line in losses)
     val = {"nih": films[0], "kermany": films[1]}
-    t, rates = gt.choose_thresholds(net, val, gt.Films(films[0].images[:5], np.zeros(5, bool), np.full(5, 0.4)))
+    probe = gt.fit_probe(net, films[0].images, films[1].images)
+    crops = {"nih": (gt.noise(rng, 10), "adult")}
+    t, rates = gt.choose_thresholds(net, val, gt.Films(films[0].images[:5], np.zeros(5, bool), np.full(5, 0.4)),
+                                    (probe, probe), crops)
     assert 0 < t.upright <= 0.5 and t.adult_max_paediatric >= 0.5 and t.colour == 0.05
-    assert set(rates) == {"nih", "kermany", "blood_cells"} and rates["blood_cells"]["detected"] == 1.0  # by colour
+    assert 0 < t.upright_paediatric <= 0.5 and 0 < t.paediatric_min_paediatric <= 0.5
+    # orientation, population and zoom each flag at most half the target of the paediatric films (quantiles: +1 film)
+    assert rates["kermany"]["false_alarm"] <= 1.5 * gt.FALSE_ALARM_TARGET + 1 / len(films[1])
+    assert set(rates) == {"nih", "kermany", "blood_cells", "nih_crops"} and rates["blood_cells"]["detected"] == 1.0
+    assert t.zoomed >= 0.5
+    for f in films:  # the zoom check flags at most half the target of each set of whole films (+1 film: quantiles)
+        reads = gate.Gate(net, t, probe, probe).read(torch.from_numpy(f.images)[:, None])
+        assert np.mean([r.zoomed > t.zoomed for r in reads]) <= gt.FALSE_ALARM_TARGET / 2 + 1 / len(f)
 
 
 # ---- the shipped gate on real films ------------------------------------------------------------------------------
@@ -159,4 +219,20 @@ def test_adult_films_warn_on_a_paediatric_task(shipped, data_dir):
     assert _flag_rate(shipped, list(children.images[pick]), "paediatric", children.saturation[pick]) <= 0.1
     assert _flag_rate(shipped, list(children.images[pick]), "adult", children.saturation[pick]) >= 0.9
     with np.load(data_dir / "pneumoniamnist_28.npz") as z:  # the task's own 28 px test films
-        assert _flag_rate(shipped, list(z["test_images"][:200]), "paediatric") <= 0.1
+        films = list(z["test_images"][:200])
+    assert _flag_rate(shipped, films, "paediatric") <= 0.05
+    assert _flag_rate(shipped, films, "adult") >= 0.9  # by the population probe, before any resolution check
+
+
+def test_zoomed_in_films_are_flagged(shipped, data_dir):
+    """Centre and corner crops of the NIH 224 px test films (no probe saw them) warn; the whole films do not."""
+    with np.load(data_dir / "nih14_local_224.npz") as z:
+        films = list(z["test_images"][:100])
+    assert _flag_rate(shipped, films, "adult") <= 0.05
+    for share, y, x in ((0.7, 0.5, 0.5), (0.5, 0.5, 0.5), (0.5, 1.0, 1.0)):
+        cropped = []
+        for f in films:
+            side = int(224 * share)
+            top, left = int((224 - side) * y), int((224 - side) * x)
+            cropped.append(np.ascontiguousarray(f[top:top + side, left:left + side]))
+        assert _flag_rate(shipped, cropped, "adult") >= 0.85, (share, y, x)

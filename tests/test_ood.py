@@ -1,6 +1,7 @@
 """The per-model out-of-distribution detector: features every zoo architecture gives, flat memory, refusals."""
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -144,3 +145,96 @@ def test_shipped_detectors_are_current_and_pass_real_test_films(data_dir):
         m = load_model(path.parent)
         scores = det.score(ood.features(m, nih.images["test"][:100]))
         assert np.mean(scores > det.threshold) <= 0.10, path
+
+
+def test_each_kind_of_film_gets_its_own_validation_percentile():
+    """Fitted on two kinds of film (a dataset's own images and its uploads), the threshold is the higher of their
+    validation percentiles and neither kind is flagged much; fitted on one kind, the other is foreign."""
+    rng = np.random.default_rng(0)
+    shift = np.r_[np.full(4, 6.0), np.zeros(12)]
+    own, uploads = (rng.normal(0, 1, (600, 16)), rng.normal(0, 1, (600, 16)) + shift)
+    val = {"own": rng.normal(0, 1, (300, 16)), "uploads": rng.normal(0, 1, (300, 16)) + shift}
+    alone = ood.fit("x", own, val["own"], k=8)
+    assert np.mean(alone.score(rng.normal(0, 1, (300, 16)) + shift) > alone.threshold) > 0.95
+    both = ood.fit("x", np.concatenate([own, uploads]), val, k=8, n_fit={"own": 600, "uploads": 600})
+    assert both.threshold == max(s["val_percentile_score"] for s in both.sources.values())
+    assert {k: (s["n_fit"], s["n_val"]) for k, s in both.sources.items()} == {"own": (600, 300), "uploads": (600, 300)}
+    for test in (rng.normal(0, 1, (300, 16)), rng.normal(0, 1, (300, 16)) + shift):
+        assert np.mean(both.score(test) > both.threshold) < 0.05
+    elsewhere = np.r_[np.zeros(12), np.full(4, 6.0)]  # a third kind, learnt by neither fit
+    assert np.mean(both.score(rng.normal(0, 1, (300, 16)) + elsewhere) > both.threshold) > 0.95
+
+
+def test_fit_checkpoint_learns_the_extra_sources_and_records_them(make_checkpoint):
+    path, _ = make_checkpoint("vanilla_cnn", size=28)
+    m = load_model(path)
+    g = torch.Generator().manual_seed(0)
+    images = lambda n, lo, hi: torch.randint(lo, hi, (n, 1, 28, 28), dtype=torch.uint8, generator=g)  # noqa: E731
+    data = SimpleNamespace(images={"train": images(120, 0, 128), "val": images(40, 0, 128)})
+    extra = ood.Source("bright films", images(80, 128, 256), images(30, 128, 256))
+    det = ood.fit_checkpoint(m, data, max_images=100, extra=(extra,))
+    assert det.n_fit == 100 + 80
+    assert (det.sources["bright films"]["n_fit"], det.sources["bright films"]["n_val"]) == (80, 30)
+    assert set(det.sources) == {m.card.dataset.name, "bright films"}
+    assert ood.OODModel.load(path / ood.OOD_FILE) == det
+
+
+@pytest.mark.parametrize("shape, size, coarse", [((28, 28), 64, True), ((28, 500), 64, True), ((64, 64), 64, False),
+                                                 ((28, 28), 28, False), ((1024, 900), 224, False)])
+def test_an_image_coarser_than_the_model_input_is_named(shape, size, coarse):
+    why = ood.too_coarse(shape, size)
+    assert (why is not None) == coarse
+    if coarse:
+        assert f"{min(shape)} px" in why and f"{size} px" in why
+
+
+def test_the_warning_names_an_upscaled_image(make_checkpoint):
+    from cxrcore import compare, gate
+
+    m = load_model(make_checkpoint("vanilla_cnn")[0])  # 64 px
+    lenient = gate.Gate(gate.GateNet(), gate.Thresholds(1e-9, 1 - 1e-9, 1e-9, 0.99))
+    assert "resolution: the image is 28 px across" in compare.ood_warning([m], np.zeros((28, 28), np.uint8),
+                                                                          chest_gate=lenient)
+    assert compare.ood_warning([m], np.zeros((64, 80), np.uint8), chest_gate=lenient) is None
+
+
+def test_only_datasets_made_from_larger_films_get_upload_sources(tmp_path, caplog):
+    assert ood.upload_sources("nih14-local", 64, tmp_path) == ()
+    with caplog.at_level(logging.WARNING):
+        assert ood.upload_sources("pneumoniamnist-local", 28, tmp_path) == ()
+    assert "Kermany films not found" in caplog.text
+
+
+def test_kermany_uploads_are_the_app_path_at_the_model_size(data_dir, kermany_dir):
+    """The upload source is Kermany train films decoded and resized exactly as an upload, validation films from
+    held-out patients, and never a test film."""
+    from cxrcore import gate_training, imaging
+
+    (src,) = ood.upload_sources("pneumoniamnist-local", 28, data_dir, max_images=6)
+    assert src.train.shape == (6, 1, 28, 28) and src.val.shape == (6, 1, 28, 28) and src.train.dtype == torch.uint8
+    train, val = (gate_training.kermany_paths(data_dir, s) for s in ("train", "val"))
+    first = train[ood.sample(len(train), 6)[0]]
+    expected = imaging.to_dataset_size(imaging.decode(first.read_bytes(), first.name).pixels, 28)
+    np.testing.assert_array_equal(src.train[0, 0].numpy(), expected)
+    with open(kermany_dir / "labels.csv", newline="") as f:
+        rows = {kermany_dir / r["path"]: r for r in csv.DictReader(f)}
+    assert {rows[p]["split"] for p in train + val} == {"train"}
+    assert not {rows[p]["patient"] for p in train} & {rows[p]["patient"] for p in val} and len(val) > 100
+
+
+@pytest.mark.slow
+def test_paediatric_detectors_pass_full_size_paediatric_uploads(data_dir, kermany_dir):
+    """The PneumoniaMNIST models' detectors learnt the full-size Kermany films too: few Kermany test films (the
+    PneumoniaMNIST test images as uploads, decoded and resized by the app's path) are flagged."""
+    from cxrcore import gate_training, imaging
+    from cxrcore.data import REPO_ROOT
+
+    paths = gate_training.kermany_paths(data_dir, "test")
+    picked = [paths[i] for i in np.random.default_rng(0).permutation(len(paths))[:150]]
+    films = [imaging.decode(p.read_bytes(), p.name).pixels for p in picked]
+    for path in sorted((REPO_ROOT / "checkpoints" / "pneumoniamnist-local").glob("*/ood.json")):
+        det = ood.OODModel.load(path)
+        assert any(name.startswith("Kermany") for name in det.sources), path
+        m = load_model(path.parent)
+        x = torch.from_numpy(np.stack([imaging.to_dataset_size(f, m.data_size) for f in films]))[:, None]
+        assert np.mean(det.score(ood.features(m, x)) > det.threshold) <= 0.05, path

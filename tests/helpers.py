@@ -119,6 +119,20 @@ def fake_checkpoint_root(root: Path) -> Path:
     return root
 
 
+def start(task: str | None = None):
+    """The app run headlessly (streamlit AppTest), switched to ``task`` when given, failing on any exception."""
+    from streamlit.testing.v1 import AppTest  # imported here: most tests that use these helpers never start the app
+
+    from cxrcore.data import REPO_ROOT
+
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=300).run()
+    assert not at.exception, at.exception
+    if task is not None:
+        at.radio(key="task").set_value(task).run()
+        assert not at.exception, at.exception
+    return at
+
+
 def write_ood(folder: Path, model_id: str, dim: int, flags: bool) -> None:
     """A valid ``ood.json`` (threshold 5) that flags every image (its mean far from any feature) or none (its
     variances so wide that every distance is about 0)."""

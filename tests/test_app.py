@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import NIH14, dicom, fake_checkpoint_root, write_ood
+from helpers import NIH14, dicom, fake_checkpoint_root, start, write_ood
 from PIL import Image
 from streamlit import config
 from streamlit.testing.v1 import AppTest
@@ -46,12 +46,6 @@ def sample(data_dir) -> tuple[str, bytes]:
     """A real NIH PNG that has a radiologist's box (Pneumonia)."""
     path = data_dir / "samples" / "00001933_000.png"
     return path.name, path.read_bytes()
-
-
-def start() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import fake_checkpoint
+from helpers import fake_checkpoint, start
 from streamlit.testing.v1 import AppTest
 
 from cxrcore.data import REPO_ROOT
@@ -43,14 +43,6 @@ def xray(data_dir) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
-def start() -> AppTest:
-    at = AppTest.from_file("../app.py", default_timeout=300).run()
-    assert not at.exception, at.exception
-    at.radio(key="task").set_value(TASK).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     at.file_uploader(key="upload").set_value((name, data, "image/jpeg")).run()
     assert not at.exception, at.exception
@@ -64,7 +56,7 @@ def test_sidebar_lists_every_task_with_checkpoints_by_its_registry_title():
 
 
 def test_compare_shows_class_probabilities_summing_to_one_and_the_predicted_class(xray):
-    at = upload(start(), *xray)
+    at = upload(start(TASK), *xray)
     table = at.dataframe[0].value
     assert list(table.index) == CLASSES
     np.testing.assert_allclose(table["cnn_small"].sum(), 1, rtol=1e-5)
@@ -74,7 +66,7 @@ def test_compare_shows_class_probabilities_summing_to_one_and_the_predicted_clas
 
 
 def test_roc_draws_one_vs_rest_curves_for_each_class(xray):
-    at = upload(start(), *xray)
+    at = upload(start(TASK), *xray)
     at.switch_page("pages/roc.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="roc_label").options == CLASSES
@@ -85,7 +77,7 @@ def test_roc_draws_one_vs_rest_curves_for_each_class(xray):
 
 
 def test_explain_explains_a_chosen_class(xray):
-    at = upload(start(), *xray)
+    at = upload(start(TASK), *xray)
     at.switch_page("pages/explain.py").run()
     at.multiselect(key="cam_labels").set_value(["viral"]).run()
     assert not at.exception, at.exception
@@ -94,7 +86,7 @@ def test_explain_explains_a_chosen_class(xray):
 
 
 def test_benchmarks_show_confusion_matrix_learning_curve_and_published_numbers():
-    at = start()
+    at = start(TASK)
     at.switch_page("pages/benchmarks.py").run()
     assert not at.exception, at.exception
     table1 = at.dataframe[0].value

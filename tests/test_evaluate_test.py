@@ -82,3 +82,14 @@ def test_other_splits_are_refused(trained):
     other = load_dataset("nih14-local").subset({**SUBSET, "test": 23})
     with pytest.raises(checkpoints.CheckpointError, match="other splits"):
         evaluation.evaluate_folder(root / "vanilla_cnn", other, 30, force=True)
+
+
+def test_a_learning_curve_point_is_evaluated_on_the_data_its_run_saw(data_dir):
+    """``evaluate_root`` rebuilds a curve point's training subset (and a quick run's subset) from the card alone, so
+    its split checksum matches and the test split can be read without the run."""
+    from cxrcore import curves
+    from cxrcore.runs import dataset_record
+
+    full = load_dataset("nih14-local")
+    for seen in (curves.subsets(full, [100])[0], full.subset(SUBSET), curves.subsets(full.subset(SUBSET), [30])[0]):
+        assert evaluation.as_trained(full, dataset_record(seen)).split_checksum() == seen.split_checksum()

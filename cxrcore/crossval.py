@@ -24,7 +24,7 @@ from .card import Card
 from .data import Dataset
 from .engine import TrainConfig, clear_resume, fit, predict, Prepared, seed_everything
 from .pretrained import build
-from .runs import Served, fit_serving, group_codes, make_card
+from .runs import TEST_READ_ONCE, Served, fit_serving, group_codes, make_card
 from .task import is_multilabel, label_columns
 from .zoo import get_spec
 
@@ -268,19 +268,19 @@ def cross_validate(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Pat
         "oof_auc_at_chosen": float(auc_by_epoch[n_epochs - 1]),
         "shipped": "one refit on all of train + val for the chosen epochs: one model within the checkpoint budget "
                    f"instead of a {k}-model fold ensemble",
-        "how_chosen": {
-            "epochs": f"best centred {smooth}-epoch moving average of the pooled out-of-fold macro AUC "
-                      f"(each fold trained all {cfg.epochs} epochs, no early stopping)",
-            "calibration": "fitted on the pooled out-of-fold raw probabilities at the chosen epoch",
-            "thresholds": "Youden's J on the calibrated pooled out-of-fold probabilities at the chosen epoch "
-                          "(the 'youden_val' rule name is kept for the app)",
-            "metrics.val": "out-of-fold predictions of the validation images (fold models, not the shipped one)",
-            "metrics.oof": "pooled out-of-fold predictions of every train + val image (calibrated in-sample)",
-            "metrics.test": "only by train/evaluate_test.py, once, after training; no recipe decision looks at it",
-        },
+    }
+    how_chosen = {
+        "epochs": f"best centred {smooth}-epoch moving average of the pooled out-of-fold macro AUC "
+                  f"(each fold trained all {cfg.epochs} epochs, no early stopping)",
+        "calibration": "fitted on the pooled out-of-fold raw probabilities at the chosen epoch",
+        "thresholds": "Youden's J on the calibrated pooled out-of-fold probabilities at the chosen epoch "
+                      "(the 'youden_val' rule name is kept for the app)",
+        "metrics.val": "out-of-fold predictions of the validation images (fold models, not the shipped one)",
+        "metrics.oof": "pooled out-of-fold predictions of every train + val image (calibrated in-sample)",
+        "metrics.test": TEST_READ_ONCE,
     }
     card = make_card(model_id, data, cfg, res, model, init, input_size, served, block, t0, command,
-                     best_epoch=n_epochs, extra={"cv": cv})
+                     best_epoch=n_epochs, extra={"cv": cv, "how_chosen": how_chosen})
     preds = {**served.predictions, "oof_folds": folds.astype(np.int64)}
     card = checkpoints.save(out_dir, model, card, preds, res.history)
     clear_resume(out_dir)

@@ -63,6 +63,10 @@ def raw_predictions(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             if not k.endswith("_raw_probs")}
 
 
+TEST_READ_ONCE = ("only by cxrcore.evaluation (run_all.py's last step, train/evaluate_test.py), once, after all "
+                  "training; no recipe decision looks at it")
+
+
 def group_codes(groups: np.ndarray) -> np.ndarray:
     """A patient id per image as small integer codes (the same patient, the same code), so stored predictions carry
     what a patient-level bootstrap needs without the ids themselves (``predictions.npz`` holds numbers only)."""
@@ -255,7 +259,16 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     # the best epoch's running loss (augmented batches, training mode): no extra pass over the whole train split
     block["train_loss"] = res.history[res.best_epoch - 1]["train_loss"] if res.best_epoch else None
     block["val_loss"] = val_eval["loss"]
-    card = make_card(model_id, data, cfg, res, model, init, input_size, served, block, t0, command, dist.world)
+    how_chosen = {
+        "epochs": "the epoch of best validation macro AUC, in the training precision"
+                  + (f" (stopped after {cfg.patience} epochs without gain)" if cfg.patience else ""),
+        "calibration": "fitted on the validation raw probabilities",
+        "thresholds": "Youden's J on the calibrated validation probabilities",
+        "metrics.val": "the shipped model on the validation images, which also chose its epoch (optimistic)",
+        "metrics.test": TEST_READ_ONCE,
+    }
+    card = make_card(model_id, data, cfg, res, model, init, input_size, served, block, t0, command, dist.world,
+                     extra={"how_chosen": how_chosen})
     card = checkpoints.save(out_dir, model, card, served.predictions, res.history)
     clear_resume(out_dir)
     return card
@@ -290,6 +303,10 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
         metrics=Metrics.from_dict(served.metrics, names), thresholds=served.thresholds,
         versions=versions(), git_commit=git_commit(),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
-        extra={"operating_points": served.operating_points},
+        extra={"operating_points": served.operating_points,
+               "how_chosen": {"members": "by the caller, on held-out AUC (run_all.py: the best shipped models "
+                                         "out of fold, else on validation) or by name",
+                              "thresholds": "Youden's J on the mean calibrated validation probabilities",
+                              "metrics.test": TEST_READ_ONCE}},
     )
     return checkpoints.save(out_dir, None, card, served.predictions)

@@ -155,3 +155,10 @@ def test_calibrate_refits_a_cv_card_on_its_stored_oof_predictions(cv_run, tmp_pa
     for k in before:
         np.testing.assert_allclose(after[k], before[k], atol=1e-6, err_msg=k)
     assert again.thresholds == card.thresholds and again.metrics.test is None
+
+
+def test_the_card_says_how_each_number_was_chosen(cv_run):
+    _, card, _ = cv_run
+    how = card.extra["how_chosen"]
+    assert {"epochs", "calibration", "thresholds", "metrics.val", "metrics.oof", "metrics.test"} <= set(how)
+    assert "out-of-fold" in how["epochs"] and "once" in how["metrics.test"]

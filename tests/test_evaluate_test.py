@@ -39,6 +39,7 @@ def test_training_and_ensembling_compute_no_test_metric(trained, model_id):
     folder = root / model_id
     raw = json.loads((folder / checkpoints.CARD).read_text())
     assert "test" not in raw["metrics"] and "test_evaluation" not in raw
+    assert "once" in raw["how_chosen"]["metrics.test"]  # every card says where its test figures come from
     preds = checkpoints.read_predictions(folder)
     assert preds["test_probs"].shape == (SUBSET["test"], 14)  # the probabilities are stored, for the app to serve
     # patient codes beside the predictions: one code per patient, the same partition as the dataset's ids

@@ -27,7 +27,7 @@ from .data import Box, Split
 from .task import is_multilabel
 from .imaging import DecodedImage, Limits, decode, model_region, to_dataset_size, to_model_batch
 from .inference import LoadedModel
-from .ood import features, load_for
+from .ood import features, load_for, too_coarse
 from .report import ENSEMBLE, CaseReport, ReportModel
 from .runs import val_operating_points
 
@@ -422,8 +422,9 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: f
     """A warning naming every check the image fails, None when it passes them all.
 
     On chest X-ray tasks the chest-film gate (``chest_gate``, default the shipped one) checks colour, orientation,
-    inversion, "is it a chest film at all" and the population (adult / paediatric) of the task; then the first model
-    with a usable ``ood.json`` checks the distance from its training films. A detector that cannot be read or is
+    inversion, "is it a chest film at all" and the population (adult / paediatric) of the task; an image coarser than
+    the first model's input is reported; then the first model with a usable ``ood.json`` checks the distance from its
+    training films. A detector that cannot be read or is
     refused is logged and skipped: the warning is advisory and must not stop the comparison."""
     models = list(models)
     fired: list[str] = []
@@ -431,6 +432,8 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: f
     chest_gate = chest_gate or (gate.shipped() if pop else None)
     if pop and chest_gate is not None:
         fired += [f"{f.check}: {f.detail}" for f in chest_gate.check(pixels, pop, saturation)]
+    if models and (coarse := too_coarse(pixels.shape, models[0].data_size)):
+        fired.append(f"resolution: {coarse}")
     for m in models:
         try:
             detector = load_for(m)

@@ -57,7 +57,7 @@ lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_ma
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
                        error_y=dict(type="data", symmetric=False, array=list(hi) - table["test_auc"],
                                     arrayminus=table["test_auc"] - list(lo))))
-fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)")
+fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)", annotation_position="bottom left")
 fig.update_layout(yaxis=dict(title="test AUC", range=auc_axis(*lo)), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
 seed_rows, seed_claims = benchmarks.seed_report(cks, seeds_root(), sel.dataset)
@@ -159,7 +159,7 @@ with learning:
                 line=dict(color=palette[model_id]),
                 error_y=dict(type="data", symmetric=False, array=part["test_auc_hi"] - part["test_auc"],
                              arrayminus=part["test_auc"] - part["test_auc_lo"])))
-        fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)")
+        fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)", annotation_position="bottom left")
         fig.update_layout(xaxis=dict(title="training images", type="log"), yaxis=dict(title="test AUC",
                           range=auc_axis(*curve["test_auc_lo"])), height=440,
                           margin=dict(l=10, r=10, t=10, b=10))

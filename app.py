@@ -1,6 +1,6 @@
 """CXR Compare: how several deep networks read one chest X-ray. Run with ``streamlit run app.py``.
 
-This script sets up the page, the sidebar (task and models) and the navigation; each page lives in ``pages/``.
+This script sets up the page, the sidebar (task, film, models) and the navigation; each page lives in ``pages/``.
 """
 import streamlit as st
 

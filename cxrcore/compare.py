@@ -10,6 +10,7 @@ are in :mod:`cxrcore.cards`, benchmark tables in :mod:`cxrcore.benchmarks`, publ
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -426,15 +427,16 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: f
     the first model's input is reported; then the first model with a usable ``ood.json`` checks the distance from its
     training films. A detector that cannot be read or is
     refused is logged and skipped: the warning is advisory and must not stop the comparison."""
-    models = list(models)
+    models = iter(models)  # consumed lazily: a caller that loads models on demand loads only those looked at
+    first = next(models, None)
     fired: list[str] = []
-    pop = gate.population(models[0].card.dataset.name) if models else None
+    pop = gate.population(first.card.dataset.name) if first else None
     chest_gate = chest_gate or (gate.shipped() if pop else None)
     if pop and chest_gate is not None:
         fired += [f"{f.check}: {f.detail}" for f in chest_gate.check(pixels, pop, saturation)]
-    if models and (coarse := too_coarse(pixels.shape, models[0].data_size)):
+    if first is not None and (coarse := too_coarse(pixels.shape, first.data_size)):
         fired.append(f"resolution: {coarse}")
-    for m in models:
+    for m in itertools.chain([first] if first else [], models):
         try:
             detector = load_for(m)
             if detector is None:

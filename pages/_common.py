@@ -11,20 +11,28 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import plotly.colors
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from sklearn.metrics import roc_curve
 
 from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
+from cxrcore.ood import OOD_FILE
 from cxrcore.zoo import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE, UPLOAD, UPLOAD_ERROR, THRESHOLDS = "case", "upload", "upload_error", "thresholds"
+UPLOADS, PICK = "uploads", "pick"  # how many times the uploader was cleared (its key); the test-split pick
+STARTED = "started"  # set by the sidebar app.py draws: the session runs through its navigation
+SETTINGS = "settings::"  # st.session_state keys of page settings kept all session (see persist)
+URL_THRESHOLDS = "thr"  # query parameter: the user's thresholds, so a browser refresh keeps them
 NOTICE = "**Research tool, not a medical device.** Not for diagnosis or treatment decisions."
 POSITIVE_BG, NEGATIVE_BG = "rgba(230, 80, 60, 0.45)", "rgba(60, 170, 90, 0.18)"
 NO_CALL_STYLE = "color: rgba(160, 160, 160, 0.9); font-style: italic"  # a score without a threshold: no call
@@ -46,11 +54,64 @@ def checkpoint_root() -> Path:
 
 # ---- cached resources (once per process, shared by every session) --------------------------------------------------
 
-@st.cache_resource(show_spinner="Loading models…")
-def load_models(root: str, dataset: str) -> tuple[dict[str, inference.LoadedModel], dict[str, str]]:
-    """The task's loadable models by id, and why each other checkpoint cannot be loaded."""
-    loaded, problems = inference.load_all(root, dataset)
-    return {m.id: m for m in loaded.values()}, {k.split("/", 1)[1]: v for k, v in problems.items()}
+@st.cache_resource(show_spinner=False)
+def _failures(root: str, dataset: str) -> dict[str, str]:
+    """Models of the task whose weights are here but would not load in this process, with the reason (filled as
+    each is first loaded, shown on the Models page)."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _load(root: str, dataset: str, model_id: str) -> inference.LoadedModel:
+    return inference.load_model(next(c.path for c in task_checkpoints(root, dataset) if c.id == model_id))
+
+
+def model(root: str, dataset: str, model_id: str) -> inference.LoadedModel | None:
+    """One model, loaded when first needed and then kept for the process (every session shares it); None, with the
+    reason recorded, when its weights do not load. Loading only what a page needs keeps the first page at start-up
+    time (all ten NIH models took 12 s)."""
+    try:
+        return _load(root, dataset, model_id)
+    except Exception as exc:  # noqa: BLE001 - one checkpoint that cannot load must not stop the others
+        log.warning("%s/%s does not load: %s", dataset, model_id, exc)
+        _failures(root, dataset)[model_id] = str(exc)
+        return None
+
+
+def loadable(root: str, dataset: str) -> list[str]:
+    """The task's models whose weights are here and have not failed to load (none is loaded to say so)."""
+    failed = _failures(root, dataset)
+    return [c.id for c in task_checkpoints(root, dataset)
+            if c.id != ENSEMBLE and c.has_weights and c.id not in failed]
+
+
+def problems(root: str, dataset: str) -> dict[str, str]:
+    """Why each other model of the task cannot read an image: no weights here, or weights that did not load."""
+    missing = {c.id: f"no weights file ({checkpoints.WEIGHTS}) in {c.path}; rebuild it with: {c.card.rebuild}"
+               for c in task_checkpoints(root, dataset) if c.id != ENSEMBLE and not c.has_weights}
+    return {**missing, **_failures(root, dataset)}
+
+
+class Models(Mapping[str, inference.LoadedModel]):
+    """The chosen models by id, each loaded on first access (:func:`model`). One that fails to load is recorded and
+    the app reruns without it, so pages only ever meet models that work."""
+
+    def __init__(self, root: str, dataset: str, ids: list[str]) -> None:
+        self._root, self._dataset, self._ids = root, dataset, ids
+
+    def __getitem__(self, model_id: str) -> inference.LoadedModel:
+        if model_id not in self._ids:
+            raise KeyError(model_id)
+        m = model(self._root, self._dataset, model_id)
+        if m is None:
+            st.rerun()
+        return m
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 @st.cache_resource(show_spinner=False)
@@ -96,7 +157,7 @@ class Selection:
 
     dataset: str
     root: Path
-    models: dict[str, inference.LoadedModel]
+    models: Models
     loadable: list[str]
     problems: dict[str, str]
     cards: list[checkpoints.Checkpoint]
@@ -118,7 +179,7 @@ class Selection:
     def columns(self) -> list[str]:
         """The chosen models, then the ensemble when at least two are chosen, all were tested on the same images and
         all have stored predictions (the ensemble's thresholds come from their stored validation predictions)."""
-        splits = {m.card.dataset.split_checksum for m in self.models.values()}
+        splits = {self.checkpoint(i).card.dataset.split_checksum for i in self.ids}
         stored = all(self.checkpoint(i).has_predictions for i in self.ids)
         return [*self.ids, *([ENSEMBLE] if len(self.ids) > 1 and len(splits) == 1 and stored else [])]
 
@@ -135,18 +196,26 @@ def _models_key(dataset: str) -> str:
     return f"models::{dataset}"
 
 
+def _sidebar_drawn() -> bool:
+    """Has app.py drawn the sidebar in this run? (streamlit.testing runs the page alone after its first run.)"""
+    ctx = get_script_run_ctx()
+    return ctx is not None and "task" in ctx.shared.widget_user_keys_this_run
+
+
 def selection() -> Selection:
-    """The current task and chosen models (the sidebar's widgets, read from the session)."""
-    if "task" not in st.session_state:
+    """The current task and chosen models (the sidebar's widgets). app.py draws the sidebar, so its widgets (the
+    uploader's file above all) live across pages; a page run without app.py (streamlit.testing after its first run)
+    draws it here."""
+    if STARTED not in st.session_state:
         # A deep link (/roc) to a server that has not yet run app.py makes Streamlit run the page file bare, with a
-        # sidebar listing the pages/ folder; go through app.py, whose navigation and sidebar then take over.
+        # sidebar listing the pages/ folder; go through app.py, whose navigation then takes over.
         st.switch_page("app.py")
-    dataset = st.session_state["task"]
-    root = checkpoint_root()
-    loaded, problems = load_models(str(root), dataset)
-    chosen = st.session_state.get(_models_key(dataset), list(loaded))
-    return Selection(dataset, root, {i: loaded[i] for i in chosen if i in loaded}, list(loaded), problems,
-                     task_checkpoints(str(root), dataset), broken_checkpoints(str(root), dataset))
+    dataset = st.session_state["task"] if _sidebar_drawn() else sidebar()
+    root = str(checkpoint_root())
+    ready = loadable(root, dataset)
+    chosen = [i for i in st.session_state.get(_models_key(dataset), ready) if i in ready]
+    return Selection(dataset, Path(root), Models(root, dataset, chosen), ready, problems(root, dataset),
+                     task_checkpoints(root, dataset), broken_checkpoints(root, dataset))
 
 
 @st.cache_resource(show_spinner=False)
@@ -159,17 +228,28 @@ def tasks(root: str) -> dict[str, str]:
     return {n: entry.title if (entry := datasets.find(n)) else n for n in names}
 
 
-def sidebar() -> None:
-    """Task switch (every task with checkpoints) and model multiselect (default: every loadable model of the task);
-    pages read them through :func:`selection`."""
+def sidebar() -> str:
+    """Task switch (every task with checkpoints; in the URL, so a refresh keeps it), the film being read (on every
+    page, so the uploader never forgets it) and model multiselect (default: every loadable model of the task);
+    pages read them through :func:`selection`. The user's thresholds are written to the URL too. Returns the task."""
+    st.session_state[STARTED] = True
+    restore_thresholds()
     with st.sidebar:
         listed = tasks(str(checkpoint_root()))
-        dataset = st.radio("Task", list(listed), format_func=listed.get, key="task", persist_state="session")
-        loaded, problems = load_models(str(checkpoint_root()), dataset)
-        st.multiselect("Models", list(loaded), default=list(loaded), key=_models_key(dataset), persist_state="session",
+        if "task" not in st.session_state and st.query_params.get("task") in listed:
+            st.session_state["task"] = st.query_params["task"]  # a refresh (a new session) keeps the task
+        dataset = st.radio("Task", list(listed), format_func=listed.get, key="task", persist_state="session",
+                           index=list(listed).index(st.session_state.get("task", next(iter(listed)))))
+        if st.query_params.get("task") != dataset:
+            st.query_params["task"] = dataset
+        root = str(checkpoint_root())
+        ready = loadable(root, dataset)
+        film_input(dataset)
+        st.multiselect("Models", ready, default=ready, key=_models_key(dataset), persist_state="session",
                        help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen.")
-        if problems:
-            st.caption(f"{len(problems)} more with a card but no usable weights: see **Models**.")
+        if unusable := problems(root, dataset):
+            st.caption(f"{len(unusable)} more with a card but no usable weights: see **Models**.")
+    return dataset
 
 
 def header(title: str, intro: str, sel: Selection) -> None:
@@ -200,10 +280,16 @@ def _set_case(case: Case | None, error: str | None = None) -> None:
     st.session_state[UPLOAD_ERROR] = error
 
 
+def _upload_key() -> str:
+    """The uploader's key; a new one empties it (Streamlit cannot clear an uploader otherwise)."""
+    n = st.session_state.get(UPLOADS, 0)
+    return UPLOAD if n == 0 else f"{UPLOAD}::{n}"
+
+
 def _on_upload() -> None:
     """Decode a new upload in memory; a refusal keeps no image and leaves a message for the page."""
-    file = st.session_state.get(UPLOAD)
-    st.session_state["pick"] = None
+    file = st.session_state.get(_upload_key())
+    st.session_state[PICK] = None
     if file is None:
         _set_case(None)
         return
@@ -218,24 +304,36 @@ def _on_upload() -> None:
         _set_case(None, f"{file.name}: the file could not be read as a chest X-ray image.")
 
 
-def image_input(sel: Selection) -> None:
-    """Upload, or (when the dataset is on this machine) pick a test-split image."""
+def film_input(dataset: str) -> None:
+    """Upload, or (when the dataset is on this machine) pick a test-split image, and the name of the film being
+    read. Drawn in the sidebar on every page, so the uploader keeps its file across pages; picking a test-split image
+    empties it, so it never names a film that is not the one being read."""
     st.file_uploader(f"Chest X-ray: PNG, JPEG, TIFF, BMP (8/16-bit, grey/RGB/RGBA) or DICOM, up to {upload_mb()} MB",
-                     key=UPLOAD, on_change=_on_upload, help="Read in memory only, never written to disk.")
-    trained = sel.cards[0].card.dataset if sel.cards else None
-    ds = test_split(sel.dataset, trained.size, trained.extra.get("cache_key")) if trained else None
+                     key=_upload_key(), on_change=_on_upload, help="Read in memory only, never written to disk.")
+    cks = task_checkpoints(str(checkpoint_root()), dataset)
+    trained = cks[0].card.dataset if cks else None
+    ds = test_split(dataset, trained.size, trained.extra.get("cache_key")) if trained else None
     if ds is not None:
         names = ds.names
 
         def pick() -> None:
-            index = st.session_state["pick"]
+            index = st.session_state[PICK]
             if index is not None:
                 _set_case(compare.test_split_case(ds, index, nih_boxes()))
+                st.session_state[UPLOADS] = st.session_state.get(UPLOADS, 0) + 1  # a new, empty uploader
 
-        st.selectbox("…or a test-split image", range(len(names)), index=None, key="pick", on_change=pick,
-                     format_func=lambda i: names[i], placeholder=f"{len(names)} images of {sel.dataset}")
+        st.selectbox("…or a test-split image", range(len(names)), index=None, key=PICK, on_change=pick,
+                     format_func=lambda i: names[i], placeholder=f"{len(names)} images of {dataset}")
+    if (current := case()) is not None:
+        st.caption(f":material/radiology: Reading **{plain(current.name)}** ({plain(current.source)})")
+
+
+def image_input(sel: Selection) -> None:
+    """Where a page that reads the film points to the sidebar's uploader, and the message of a refused upload."""
     if st.session_state.get(UPLOAD_ERROR):
         st.error(plain(st.session_state[UPLOAD_ERROR]), icon=":material/block:")
+    elif case() is None:
+        st.caption(":material/arrow_back: Upload a chest X-ray, or pick a test-split image, in the sidebar.")
 
 
 def case() -> Case | None:
@@ -245,33 +343,40 @@ def case() -> Case | None:
 # ---- cached per-image work (keyed on the image's sha256) -----------------------------------------------------------
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def _predict(sha256: str, root: str, dataset: str, model_id: str, _pixels: np.ndarray) -> np.ndarray:
-    m = load_models(root, dataset)[0][model_id]
+def _predict(sha256: str, root: str, dataset: str, model_id: str, _m: inference.LoadedModel,
+             _pixels: np.ndarray) -> np.ndarray:
     with _model_lock():
-        return compare.predict_image(m, _pixels)
+        return compare.predict_image(_m, _pixels)
 
 
 def predictions(c: Case, sel: Selection) -> dict[str, np.ndarray]:
-    """Each chosen model's probabilities for the case (computed once per image and model, then cached)."""
-    return {i: _predict(c.image.sha256, str(sel.root), sel.dataset, i, c.image.pixels) for i in sel.ids}
+    """Each chosen model's probabilities for the case (computed once per image and model, then cached; the first
+    image also loads the models)."""
+    with st.spinner("Reading the film with each model…", show_time=True):
+        return {i: _predict(c.image.sha256, str(sel.root), sel.dataset, i, sel.models[i], c.image.pixels)
+                for i in sel.ids}
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
 def _cam(sha256: str, root: str, dataset: str, model_id: str, label: int, method: str,
-         _pixels: np.ndarray) -> explain.CamResult:
-    m = load_models(root, dataset)[0][model_id]
+         _m: inference.LoadedModel, _pixels: np.ndarray) -> explain.CamResult:
     with _model_lock():
-        return explain.cam_map(m, compare.model_input(_pixels, m.data_size), label, method)
+        return explain.cam_map(_m, compare.model_input(_pixels, _m.data_size), label, method)
 
 
 def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> explain.CamResult:
     return _cam(c.image.sha256, str(sel.root), sel.dataset, model_id, sel.label_names.index(label), method,
-                c.image.pixels)
+                sel.models[model_id], c.image.pixels)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _ood(sha256: str, root: str, dataset: str, saturation: float, _pixels: np.ndarray) -> str | None:
-    models = load_models(root, dataset)[0].values()
+    """The gate and the first usable detector among every loadable model of the task (chosen or not); only the
+    models with a detector file are offered, and they load one at a time, as the check reaches them."""
+    ready = loadable(root, dataset)
+    with_detector = [i for i in ready if (next(c.path for c in task_checkpoints(root, dataset) if c.id == i)
+                                          / OOD_FILE).exists()] or ready[:1]
+    models = (m for i in with_detector if (m := model(root, dataset, i)) is not None)
     with _model_lock():
         return compare.ood_warning(models, _pixels, saturation)
 
@@ -292,8 +397,99 @@ def display_square(c: Case) -> np.ndarray:
 # ---- thresholds in force (the ROC page sets them, every page uses them) --------------------------------------------
 
 def overrides(dataset: str) -> dict[str, dict[str, float]]:
-    """The session's threshold changes for a task: model id -> label -> threshold (mutable, kept all session)."""
+    """The session's threshold changes for a task: model id -> label -> threshold (mutable, kept all session; call
+    :func:`thresholds_changed` after changing it)."""
     return st.session_state.setdefault(THRESHOLDS, {}).setdefault(dataset, {})
+
+
+def _url_entries(changed: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    return [f"{dataset}|{column}|{label}|{value:.4f}" for dataset, per in sorted(changed.items())
+            for column, labels in sorted(per.items()) for label, value in sorted(labels.items())]
+
+
+def thresholds_changed() -> None:
+    """Write the session's thresholds to the URL (``?thr=task|model|label|value``, repeated), so a refresh keeps
+    them."""
+    entries = _url_entries(st.session_state.get(THRESHOLDS, {}))
+    if entries != st.query_params.get_all(URL_THRESHOLDS):
+        if entries:
+            st.query_params[URL_THRESHOLDS] = entries
+        else:
+            del st.query_params[URL_THRESHOLDS]
+
+
+def parse_thresholds(entries: list[str], known: dict[str, tuple[set[str], set[str]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Thresholds from the URL's entries, keeping only known tasks, columns and labels (``known``: task -> (column
+    ids, label names)) and values in [0, 1] or NaN (no call): the URL is user input."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for entry in entries:
+        parts = entry.split("|")
+        if len(parts) != 4 or parts[0] not in known:
+            continue
+        dataset, column, label, text = parts
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        columns, labels = known[dataset]
+        if column in columns and label in labels and (np.isnan(value) or 0.0 <= value <= 1.0):
+            out.setdefault(dataset, {}).setdefault(column, {})[label] = value
+    return out
+
+
+def restore_thresholds() -> None:
+    """A new session (a refresh) starts from the thresholds in its URL; later runs keep the URL in step."""
+    if THRESHOLDS not in st.session_state:
+        root = str(checkpoint_root())
+        known = {}
+        for dataset in tasks(root):
+            cks = task_checkpoints(root, dataset)
+            known[dataset] = ({c.id for c in cks} | {ENSEMBLE}, set(cks[0].card.label_names) if cks else set())
+        st.session_state[THRESHOLDS] = parse_thresholds(st.query_params.get_all(URL_THRESHOLDS), known)
+    thresholds_changed()
+
+
+def reset_thresholds(dataset: str, label: str | None = None) -> None:
+    """Back to the cards' thresholds for one label (every column), or for every label."""
+    changed = overrides(dataset)
+    for column in list(changed):
+        if label is None:
+            changed[column].clear()
+        else:
+            changed[column].pop(label, None)
+        if not changed[column]:
+            del changed[column]
+    for key in [k for k in st.session_state if str(k).startswith(f"thr::{dataset}::")
+                and (label is None or str(k).endswith(f"::{label}"))]:
+        del st.session_state[key]  # the ROC sliders start again from the thresholds in force
+    thresholds_changed()
+
+
+def user_thresholds(sel: Selection) -> pd.DataFrame:
+    """The thresholds the user set for this task, one row per model and label, beside the card's default."""
+    rows = []
+    for column, labels in overrides(sel.dataset).items():
+        if column not in sel.columns:
+            continue
+        default = default_points(sel, column)
+        for label, value in labels.items():
+            if label in sel.label_names:
+                rows.append({"model": column, "label": label, "threshold": value,
+                             "default": default[sel.label_names.index(label)].value})
+    return pd.DataFrame(rows, columns=["model", "label", "threshold", "default"])
+
+
+def persist(name: str, default: object, options: list | None = None) -> dict:
+    """Widget arguments for a page setting that stays put for the whole session, across page switches: its key
+    (``SETTINGS`` + name), ``persist_state="session"`` and, on first use or when the kept value is no longer one of
+    ``options`` (another task's labels), ``default``. Use as ``st.selectbox("Label", names, **persist("roc.label",
+    names[0], names))``, without ``index``/``value``/``default``."""
+    key = SETTINGS + name
+    kept = st.session_state.get(key)
+    valid = options is None or (all(v in options for v in kept) if isinstance(kept, list) else kept in options)
+    if key not in st.session_state or not valid:
+        st.session_state[key] = default
+    return {"key": key, "persist_state": "session"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -320,12 +516,19 @@ def stored(sel: Selection, column: str) -> dict[str, np.ndarray]:
     return _stored(str(sel.root), sel.dataset, column, _members(sel, column))
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def _default_points(root: str, dataset: str, column: str, ids: tuple[str, ...],
+                    task: str) -> list[metrics.OperatingPoint]:
+    if column == ENSEMBLE:
+        return compare.ensemble_points(_stored(root, dataset, column, ids), task)
+    return compare.card_points(next(c.card for c in task_checkpoints(root, dataset) if c.id == column))
+
+
 def default_points(sel: Selection, column: str) -> list[metrics.OperatingPoint]:
     """A column's operating points before any user change: the card's, or for the live mean Youden J on the mean of
-    the chosen models' stored calibrated validation probabilities (none below the evidence rule)."""
-    if column == ENSEMBLE:
-        return compare.ensemble_points(stored(sel, ENSEMBLE), sel.task)
-    return compare.card_points(sel.checkpoint(column).card)
+    the chosen models' stored calibrated validation probabilities (none below the evidence rule); cached, as every
+    page and every rerun asks."""
+    return _default_points(str(sel.root), sel.dataset, column, _members(sel, column), sel.task)
 
 
 def points(sel: Selection) -> dict[str, list[metrics.OperatingPoint]]:
@@ -450,3 +653,36 @@ def _roc_band(root: str, dataset: str, column: str, ids: tuple[str, ...], label:
 def roc_band(sel: Selection, column: str, label: int) -> dict[str, list[float]]:
     """ROC curve with a 95 % bootstrap band of one column and label on the stored test predictions (cached)."""
     return _roc_band(str(sel.root), sel.dataset, column, _members(sel, column), label, sel.task)
+
+
+@dataclass(frozen=True)
+class LabelCurves:
+    """What the ROC page draws and measures for one column and label, none of which depends on the thresholds:
+    test labels and scores, validation scores, the presets chosen on a split, the ROC and PR curves and the AUC."""
+
+    y_test: np.ndarray
+    p_test: np.ndarray
+    p_val: np.ndarray
+    presets: dict[str, metrics.OperatingPoint]
+    roc: dict[str, list[float]]
+    pr: dict[str, list[float]]
+    auc: float
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _label_curves(root: str, dataset: str, column: str, ids: tuple[str, ...], label: int, task: str,
+                  fit_on: str) -> LabelCurves:
+    preds = _stored(root, dataset, column, ids)
+    (y_test, p_test), (y_fit, p_fit) = (benchmarks.split_arrays(preds, s, task) for s in ("test", fit_on))
+    y, p = y_test[:, label], p_test[:, label]
+    fpr, tpr, thr = roc_curve(y, p)
+    card_point = _default_points(root, dataset, column, ids, task)[label]
+    return LabelCurves(y, p, benchmarks.split_arrays(preds, "val", task)[1][:, label],
+                       compare.preset_points(y_fit[:, label], p_fit[:, label], card_point),
+                       {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1.0).tolist()},
+                       metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
+
+
+def label_curves(sel: Selection, column: str, label: int, fit_on: str) -> LabelCurves:
+    """One column's curves for one label (presets chosen on ``fit_on``), computed once per process."""
+    return _label_curves(str(sel.root), sel.dataset, column, _members(sel, column), label, sel.task, fit_on)

@@ -354,9 +354,85 @@ def test_presets_set_every_models_slider(sample):
     assert at.slider(key=f"thr::nih14-local::{ENSEMBLE}::Atelectasis").value == 0.5
     at.button(key="preset::Sensitivity ≥ 0.90").click().run()
     on_val = at.slider(key=SLIDER).value  # chosen on validation: 0.90 is not guaranteed on the test split...
-    at.radio(key="roc_fit").set_value("test").run()
+    at.radio(key="settings::roc.fit").set_value("test").run()
     at.button(key="preset::Sensitivity ≥ 0.90").click().run()
     assert float(metric(at, "Sensitivity")) >= 0.9 and at.slider(key=SLIDER).value not in (0.5, on_val)  # ...here it is
+
+
+def test_user_thresholds_are_listed_marked_kept_in_the_url_and_reset(sample):
+    at = start()
+    at.switch_page("pages/roc.py").run()
+    at.slider(key=SLIDER).set_value(0.95).run()
+    mine = next(d.value for d in at.dataframe if "threshold" in d.value.columns and "default" in d.value.columns)
+    assert mine[["model", "label"]].values.tolist() == [["vanilla_cnn", "Atelectasis"]]
+    assert mine["threshold"].tolist() == [0.95] and mine["default"].tolist() != [0.95]
+    assert "nih14-local|vanilla_cnn|Atelectasis|0.9500" in at.query_params["thr"]
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/roc.py").run()  # the label list marks Atelectasis now
+    assert at.selectbox(key="settings::roc.label").format_func("Atelectasis").endswith("your thresholds")
+    assert not at.selectbox(key="settings::roc.label").format_func("Effusion").endswith("your thresholds")
+    next(b for b in at.button if b.label == "Reset all").click().run()
+    assert not at.exception, at.exception
+    assert not ui_thresholds(at) and at.slider(key=SLIDER).value != 0.95 and "thr" not in at.query_params
+
+
+def ui_thresholds(at: AppTest) -> dict:
+    return at.session_state["thresholds"]["nih14-local"]
+
+
+def test_page_settings_stay_put_across_pages():
+    at = start()
+    at.switch_page("pages/roc.py").run()
+    at.selectbox(key="settings::roc.label").set_value("Effusion").run()
+    at.radio(key="settings::roc.fit").set_value("test").run()
+    at.switch_page("pages/models.py").run()
+    at.switch_page("pages/roc.py").run()
+    assert at.selectbox(key="settings::roc.label").value == "Effusion"
+    assert at.radio(key="settings::roc.fit").value == "test"
+
+
+def test_a_new_session_takes_the_task_and_thresholds_from_the_url():
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["task"] = "nih14-local"
+    at.query_params["thr"] = ["nih14-local|vanilla_cnn|Effusion|0.4200", "nih14-local|<b>x</b>|Effusion|0.5",
+                              "nih14-local|vanilla_cnn|Effusion2|0.5", "nih14-local|vit_scratch|Mass|7"]
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["thresholds"] == {"nih14-local": {"vanilla_cnn": {"Effusion": 0.42}}}
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["task"] = "pneumoniamnist-local"
+    at.run()
+    assert at.radio(key="task").value == "pneumoniamnist-local"
+
+
+def test_the_first_page_loads_no_model_and_a_film_only_those_it_needs(sample, monkeypatch):
+    """Models load when first needed (none for the first page), once per process."""
+    from cxrcore import inference
+    from pages import _common as ui
+
+    ui._load.clear()
+    loaded, real = [], inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda path: loaded.append(Path(path).name) or real(path))
+    at = start()
+    assert loaded == [] and "Upload an image to start" in texts(at)
+    upload(at, *sample)
+    assert sorted(loaded) == ["vanilla_cnn", "vit_scratch"]  # each once, on the first film
+    upload(at, "rotated.png", png(np.ascontiguousarray(np.rot90(decode(sample[1]).pixels))))
+    assert sorted(loaded) == ["vanilla_cnn", "vit_scratch"]
+
+
+def test_picking_a_test_split_image_empties_the_uploader_and_names_the_film(sample, data_dir):
+    at = upload(start(), *sample)
+    assert any(sample[0] in shown(c.value) and "Reading" in c.value for c in at.sidebar.caption)
+    at.selectbox(key="pick").set_value(0).run()
+    assert not at.exception, at.exception
+    (uploader,) = at.get("file_uploader")
+    assert uploader.key == "upload::1" and uploader.value is None
+    name = at.selectbox(key="pick").format_func(0)
+    assert any(name in shown(c.value) and "Reading" in c.value for c in at.sidebar.caption)
+    at.switch_page("pages/roc.py").run()
+    at.switch_page("pages/compare.py").run()
+    assert any(name in shown(c.value) and "Reading" in c.value for c in at.sidebar.caption)
 
 
 # ---- explain and report --------------------------------------------------------------------------------------------
@@ -393,7 +469,7 @@ def test_pneumonia_task_compares_the_two_classes(sample):
     np.testing.assert_allclose(table["cnn_small"].sum(), 1, rtol=1e-5)
     assert "PneumoniaMNIST" in texts(at)
     at.switch_page("pages/roc.py").run()
-    assert at.selectbox(key="roc_label").value == "pneumonia" and not at.exception
+    assert at.selectbox(key="settings::roc.label").value == "pneumonia" and not at.exception
 
 
 def test_a_test_split_image_can_be_picked_and_shows_its_labels(data_dir):

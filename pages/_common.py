@@ -418,7 +418,8 @@ def thresholds_changed() -> None:
             del st.query_params[URL_THRESHOLDS]
 
 
-def parse_thresholds(entries: list[str], known: dict[str, tuple[set[str], set[str]]]) -> dict[str, dict[str, dict[str, float]]]:
+def parse_thresholds(entries: list[str],
+                     known: dict[str, tuple[set[str], set[str]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Thresholds from the URL's entries, keeping only known tasks, columns and labels (``known``: task -> (column
     ids, label names)) and values in [0, 1] or NaN (no call): the URL is user input."""
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -22,8 +22,8 @@ ui.need_models(sel)
 names = sel.label_names
 columns = sel.stored_columns
 if len(columns) < len(sel.columns):
-    st.info("Left out (no stored predictions, see **Models**): " + ", ".join(c for c in sel.columns if c not in columns),
-            icon=":material/info:")
+    st.info("Left out (no stored predictions, see **Models**): "
+            + ", ".join(c for c in sel.columns if c not in columns), icon=":material/info:")
 if not columns:
     st.stop()
 marked = {label for c in columns for label in ui.overrides(sel.dataset).get(c, {})}
@@ -115,8 +115,8 @@ def pr_figure(stats: dict[str, dict], active: dict[str, float]) -> go.Figure:
 
 def confusion(s: dict) -> str:
     """The 2 x 2 table at the threshold, as Markdown (drawn for every model on each move, so no chart)."""
-    return (f"| test split | called + | called − |\n|---|---:|---:|\n| **{label}** | {int(s['tp'])} | {int(s['fn'])} |\n"
-            f"| **no {label}** | {int(s['fp'])} | {int(s['tn'])} |")
+    return (f"| test split | called + | called − |\n|---|---:|---:|\n"
+            f"| **{label}** | {int(s['tp'])} | {int(s['fn'])} |\n| **no {label}** | {int(s['fp'])} | {int(s['tn'])} |")
 
 
 def your_thresholds() -> None:

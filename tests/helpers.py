@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import io
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -14,6 +17,9 @@ from cxrcore.card import Card
 from cxrcore.ood import OOD_FILE, OODModel
 from cxrcore.runs import build_ensemble, label_columns, served_outputs
 from cxrcore.zoo import get_spec, list_models
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
          "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
@@ -138,3 +144,44 @@ def write_ood(folder: Path, model_id: str, dim: int, flags: bool) -> None:
     variances so wide that every distance is about 0)."""
     mean, var = ([1e3] * dim, [1.0] * 4) if flags else ([0.0] * dim, [1e12] * 4)
     OODModel(model_id, mean, np.eye(4, dim).tolist(), var, 5.0, 99.0).save(folder / OOD_FILE)
+
+
+class _TableParser(HTMLParser):
+    """Rows of an HTML table: header texts, then per row the label and each cell (its data-value when it has one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[object]] = []
+        self._cell: list[str] | None = None
+        self._value: float | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell, self._value = [], None
+        elif tag == "span" and "data-value" in dict(attrs):
+            self._value = float(dict(attrs)["data-value"])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            text = "".join(self._cell).strip()
+            self.rows[-1].append(self._value if self._value is not None else (text or np.nan))
+            self._cell = None
+
+
+def results_element(at: AppTest):
+    """The Compare page's results table element (HTML: vertical headings, full values in data-value)."""
+    return next(h for h in at.html if "<table" in h.value)
+
+
+def results(at: AppTest) -> pd.DataFrame:
+    parser = _TableParser()
+    parser.feed(results_element(at).value)
+    head, *body = parser.rows
+    frame = pd.DataFrame([r[1:] for r in body], index=[r[0] for r in body], columns=head[1:])
+    return frame.apply(lambda c: pd.to_numeric(c) if c.map(lambda v: isinstance(v, float)).all() else c)

@@ -8,12 +8,10 @@ import io
 import json
 from pathlib import Path
 
-from html.parser import HTMLParser
 
 import numpy as np
-import pandas as pd
 import pytest
-from helpers import NIH14, dicom, fake_checkpoint_root, start, write_ood
+from helpers import NIH14, dicom, fake_checkpoint_root, results, results_element, start, write_ood
 from PIL import Image
 from streamlit import config
 from streamlit.testing.v1 import AppTest
@@ -72,47 +70,6 @@ def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
-
-
-class _TableParser(HTMLParser):
-    """Rows of an HTML table: header texts, then per row the label and each cell (its data-value when it has one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[list[object]] = []
-        self._cell: list[str] | None = None
-        self._value: float | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self._cell, self._value = [], None
-        elif tag == "span" and "data-value" in dict(attrs):
-            self._value = float(dict(attrs)["data-value"])
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            text = "".join(self._cell).strip()
-            self.rows[-1].append(self._value if self._value is not None else (text or np.nan))
-            self._cell = None
-
-
-def results_element(at: AppTest):
-    """The Compare page's results table element (HTML: vertical headings, full values in data-value)."""
-    return next(h for h in at.html if "<table" in h.value)
-
-
-def results(at: AppTest) -> pd.DataFrame:
-    parser = _TableParser()
-    parser.feed(results_element(at).value)
-    head, *body = parser.rows
-    frame = pd.DataFrame([r[1:] for r in body], index=[r[0] for r in body], columns=head[1:])
-    return frame.apply(lambda c: pd.to_numeric(c) if c.map(lambda v: isinstance(v, float)).all() else c)
 
 
 def film_caption(at: AppTest) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxrcore import checkpoints, metrics
-from cxrcore.data import REPO_ROOT
+from cxrcore.data import DEFAULT_DATASET, REPO_ROOT
 from cxrcore.inference import load_model
 from cxrcore.ood import OOD_FILE
 from cxrcore.zoo import get_spec, list_models
@@ -46,8 +46,12 @@ def test_weights_are_committed_exactly_for_shipped_models(ck):
     if ck.id == "ensemble":
         assert not ck.has_weights
         return
-    assert _ignored(ck.path / checkpoints.WEIGHTS) != get_spec(ck.id).ship
-    assert _ignored(ck.path / OOD_FILE) != get_spec(ck.id).ship  # a detector is of no use without its model
+    shipped = not _ignored(ck.path / checkpoints.WEIGHTS)
+    if ck.dataset == DEFAULT_DATASET:
+        assert shipped == get_spec(ck.id).ship
+    else:  # the other tasks ship a subset of the shippable models, within the size budget
+        assert get_spec(ck.id).ship or not shipped
+    assert _ignored(ck.path / OOD_FILE) != shipped  # a detector is of no use without its model
 
 
 @pytest.mark.parametrize("ck", ALL, ids=lambda c: f"{c.dataset}/{c.id}")

@@ -17,9 +17,7 @@ from .card import Card
 from .runs import stored_groups
 from .task import is_multilabel, label_columns
 from .task import kind_of
-from .zoo import list_models, get_spec
 
-SHIPPED = frozenset(i for i in list_models() if get_spec(i).ship)  # weights committed in the repository
 
 TABLE1_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_sensitivity",
                   "test_specificity", "val_auc", "test_auc", "test_auc_ci", "epochs", "best_epoch",
@@ -48,7 +46,8 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
         "epochs": c.epochs_run,
         "best_epoch": c.best_epoch,
         "train_minutes": round(c.train_seconds / 60, 1),
-        "weights_shipped": all(i in SHIPPED for i in c.members or [c.id]),  # an ensemble: all its members
+        # pinned in the tree's MANIFEST.json: what the repository ships; an ensemble, all its members
+        "weights_shipped": all(checkpoints.is_pinned(ck.path.parent / i) for i in c.members or [c.id]),
     }
 
 

@@ -337,6 +337,18 @@ def _read_manifest(root: Path) -> dict[str, str]:
     return pins
 
 
+def is_pinned(folder: Path) -> bool:
+    """Whether ``folder``'s weights are among the trusted ones of its tree: in the project's tree, the weights the
+    repository ships (a card alone, or weights trained locally and not pinned, are not)."""
+    root = manifest_root(folder)
+    if root is None:
+        return False
+    try:
+        return (Path(folder) / WEIGHTS).relative_to(root).as_posix() in _read_manifest(root)
+    except CheckpointError:
+        return False
+
+
 def _check_pinned(folder: Path, sha: str) -> None:
     root = manifest_root(folder)
     if root is None:

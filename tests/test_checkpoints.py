@@ -523,6 +523,7 @@ def test_under_a_manifest_unpinned_weights_are_refused_and_saving_pins(saved, ma
     (root / MANIFEST).write_text(json.dumps({"weights": pins}))
     with pytest.raises(CheckpointError, match="not pinned .* python train/run_all.py --pin"):
         checkpoints.read_weights(other)
+    assert checkpoints.is_pinned(path) and not checkpoints.is_pinned(other)  # what Table 1 calls "weights shipped"
     nested, _ = make_checkpoint("vanilla_cnn", root=root / "pneumoniamnist-local")  # <root>/<dataset>/<id>
     assert f"pneumoniamnist-local/vanilla_cnn/{WEIGHTS}" in json.loads((root / MANIFEST).read_text())["weights"]
     checkpoints.read_weights(nested)

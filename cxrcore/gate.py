@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors, save as save_safetensors
 from torch import nn
 
+from . import datasets
 from .imaging import to_dataset_size
 from .zoo import SimpleCNN
 
@@ -36,7 +37,6 @@ GRID = 4  # the last feature map is pooled to 4x4, not 1x1: orientation is a que
 TRANSFORMS = ("rot90", "rot180", "rot270", "hflip", "vflip", "inverted")
 CLASSES = ("upright", *TRANSFORMS, "not_xray")
 DOMAIN_OUTPUT = len(CLASSES)  # the last output: logit of "paediatric" (vs adult)
-POPULATIONS = {"nih14": "adult", "chestmnist": "adult", "pneumoniamnist": "paediatric"}  # dataset-name prefixes
 GATE_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "gate"
 WEIGHTS, CARD = "gate.safetensors", "gate.json"
 DESCRIBE = {"rot90": "rotated by 90 degrees", "rot180": "rotated by 180 degrees (upside down)",
@@ -62,8 +62,10 @@ def orient(pixels: np.ndarray, kind: str) -> np.ndarray:
 
 
 def population(dataset: str) -> str | None:
-    """'adult' or 'paediatric' for a chest X-ray dataset name, None for other tasks (the chest gate does not apply)."""
-    return next((p for prefix, p in POPULATIONS.items() if dataset.startswith(prefix)), None)
+    """'adult' or 'paediatric' for a chest X-ray dataset name, None for other tasks (the chest gate does not apply):
+    the dataset entry says (an unregistered name, e.g. a MedMNIST flag without an entry, is not a chest task)."""
+    entry = datasets.find(dataset)
+    return entry.population if entry else None
 
 
 def colour_saturation(rgb: np.ndarray) -> float:

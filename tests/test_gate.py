@@ -61,6 +61,9 @@ def test_a_saved_gate_loads_and_a_changed_one_is_refused(tmp_path):
 def test_populations_of_the_tasks():
     assert gate.population("nih14-local") == gate.population("chestmnist") == "adult"
     assert gate.population("pneumoniamnist-local") == "paediatric" and gate.population("bloodmnist") is None
+    # the entry says it: the Kermany tasks are paediatric chest films, blood cells are not chest films
+    assert gate.population("kermany-pneumonia3") == gate.population("kermany-pneumonia") == "paediatric"
+    assert gate.population("blood-cells") is None
 
 
 def test_colour_saturation_of_files():

@@ -26,26 +26,26 @@ register(DatasetEntry(
     "text-mined from reports", MedMNISTFile("nih14_local_{size}.npz"), default_size=64,
     published=("medmnist_v2:chestmnist", "chexnet", "workshop_table1", "transfer_report", "medmnist_plus:chestmnist",
                "nih_random_sample"),
-    limits=NIH_LIMITS, checkpoint_dir="", extra={"medmnist_flag": "chestmnist"}))
+    limits=NIH_LIMITS, checkpoint_dir="", extra={"medmnist_flag": "chestmnist"}, population="adult"))
 register(DatasetEntry(
     "pneumoniamnist-local", "PneumoniaMNIST (normal / pneumonia)", "binary", ("normal", "pneumonia"),
     "PneumoniaMNIST: paediatric frontal radiographs (ages 1-5, Guangzhou), MedMNIST split",
     MedMNISTFile("pneumoniamnist_{size}.npz"), default_size=28,
     published=("medmnist_v2:pneumoniamnist", "medmnist_plus:pneumoniamnist"), limits=PAEDIATRIC_LIMITS,
-    extra={"medmnist_flag": "pneumoniamnist"}))
+    extra={"medmnist_flag": "pneumoniamnist"}, population="paediatric"))
 register(DatasetEntry(
     "kermany-pneumonia", "Kermany chest X-rays (normal / pneumonia)", "binary", ("normal", "pneumonia"),
     KERMANY_PROVENANCE + ".", ImageFolder("kermany_pneumonia", patient_pattern=KERMANY_PATIENT,
                                           patients_per_split=True),
     default_size=128, split=CARVE_VAL,
     published=("medmnist_v2:pneumoniamnist", "medmnist_plus:pneumoniamnist"), limits=PAEDIATRIC_LIMITS,
-    extra={"medmnist_flag": "pneumoniamnist"}))
+    extra={"medmnist_flag": "pneumoniamnist"}, population="paediatric"))
 register(DatasetEntry(
     "kermany-pneumonia3", "Kermany chest X-rays (normal / bacterial / viral)", "multi-class",
     ("normal", "bacterial", "viral"),
     KERMANY_PROVENANCE + "; bacterial / viral read from the file names (labels.csv).",
     LabelsCSV("kermany_pneumonia/labels.csv", patients_per_split=True), default_size=128, split=CARVE_VAL,
-    published=("three_class_report",), limits=PAEDIATRIC_LIMITS))
+    published=("three_class_report",), limits=PAEDIATRIC_LIMITS, population="paediatric"))
 register(DatasetEntry(
     "blood-cells", "Blood cells (4 white-cell types, RGB)", "multi-class",
     ("eosinophil", "lymphocyte", "monocyte", "neutrophil"),
@@ -60,14 +60,14 @@ register(DatasetEntry(
     "NIH ChestX-ray14 (NIH Clinical Center, unrestricted use), the raw release with its official patient-wise "
     "train/test split; validation carved from train by patient", NIHRelease("ChestX-ray14"), default_size=224,
     split=CARVE_VAL, published=("medmnist_v2:chestmnist", "chexnet", "workshop_table1", "medmnist_plus:chestmnist"),
-    limits=NIH_LIMITS, extra={"medmnist_flag": "chestmnist"}))
+    limits=NIH_LIMITS, extra={"medmnist_flag": "chestmnist"}, population="adult"))
 register(DatasetEntry(
     "chestmnist", "ChestMNIST (official, 14 findings)", "multi-label", CHESTMNIST_LABELS,
     f"{MEDMNIST_PROVENANCE}: NIH ChestX-ray14 resized", MedMNISTOfficial("chestmnist"), default_size=64,
     published=("medmnist_v2:chestmnist", "chexnet", "workshop_table1", "medmnist_plus:chestmnist"),
-    limits=NIH_LIMITS, extra={"medmnist_flag": "chestmnist"}))
+    limits=NIH_LIMITS, extra={"medmnist_flag": "chestmnist"}, population="adult"))
 register(DatasetEntry(
     "pneumoniamnist", "PneumoniaMNIST (official)", "binary", ("normal", "pneumonia"),
     f"{MEDMNIST_PROVENANCE}: Kermany paediatric chest X-rays resized", MedMNISTOfficial("pneumoniamnist"),
     default_size=28, published=("medmnist_v2:pneumoniamnist", "medmnist_plus:pneumoniamnist"),
-    limits=PAEDIATRIC_LIMITS, extra={"medmnist_flag": "pneumoniamnist"}))
+    limits=PAEDIATRIC_LIMITS, extra={"medmnist_flag": "pneumoniamnist"}, population="paediatric"))

@@ -66,11 +66,14 @@ class DatasetEntry:
     published: tuple[str, ...] = ()
     limits: tuple[str, ...] = ()
     checkpoint_dir: str | None = None  # under checkpoints/ (default: the entry's name)
+    population: str | None = None  # chest films of "adult" or "paediatric" patients (the gate's checks); None: other
     extra: dict = field(default_factory=dict, compare=False)  # free-form facts a view may need (e.g. medmnist flag)
 
     def __post_init__(self) -> None:
         if self.square not in SQUARE_RULES:
             raise ValueError(f"{self.name}: square must be one of {SQUARE_RULES}, got {self.square!r}")
+        if self.population not in (None, "adult", "paediatric"):
+            raise ValueError(f"{self.name}: population must be 'adult', 'paediatric' or None, got {self.population!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"{self.name}: channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         Task(self.kind, self.labels)  # validates kind and labels now, not at the first load

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = {"before": {}, "after": {}}
     val = {"before": {}, "after": {}}
     for mid, m in models.items():
-        x = torch.cat([compare.model_input(px, m.data_size) for _, px, _ in sample])
+        x = torch.cat([m.input_for(px) for _, px, _ in sample])
         probs["before"][mid], probs["after"][mid] = m.predict_raw(x), m.predict(x)
         preds = read_predictions(m.path)
         val["before"][mid] = split_arrays(raw_predictions(preds), "val", task)

@@ -203,6 +203,12 @@ class DatasetRecord:
     def to_dict(self) -> dict:
         return {**{k: getattr(self, k) for k in _names(type(self))}, **self.extra}
 
+    @property
+    def square(self) -> str:
+        """How non-square films became square in training (the dataset entry's rule, which inference repeats); cards
+        from before the registry were all built with the centre crop."""
+        return self.extra.get("square", "crop")
+
 
 _RATES = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy", "auc")
 _COUNTS = ("tp", "fp", "tn", "fn", "positives")

@@ -14,11 +14,11 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from . import explain, gate, metrics
@@ -26,7 +26,7 @@ from .card import Card
 from .cards import training_data
 from .data import Box, Split
 from .task import is_multilabel
-from .imaging import DecodedImage, Limits, decode, model_region, to_dataset_size, to_model_batch
+from .imaging import DecodedImage, Limits, decode, to_dataset_size
 from .inference import LoadedModel
 from .ood import features, load_for, too_coarse
 from .report import ENSEMBLE, CaseReport, ReportModel
@@ -90,36 +90,14 @@ def test_split_case(split: Split, index: int, all_boxes: Mapping[str, list[Box]]
 
 # ---- one image through the models -----------------------------------------------------------------------------------
 
-def model_input(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """A decoded upload as a training image: the dataset's centre-square resize, then the (1, 1, S, S) uint8 batch."""
-    return to_model_batch(to_dataset_size(pixels, size))
-
-
 def predict_image(m: LoadedModel, pixels: np.ndarray) -> np.ndarray:
     """One model's probabilities (one per output column) for a decoded image, preprocessed exactly as in training."""
-    return m.predict(model_input(pixels, m.data_size))[0]
+    return m.predict(m.input_for(pixels))[0]
 
 
-def display_square(pixels: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
-    """The square the models see (centre crop), at display size, for drawing CAMs and boxes on."""
-    return to_dataset_size(pixels, size)
-
-
-REGION_COLOR = (255, 196, 0)  # the outline of what the models see, on the displayed film
-
-
-def film_with_region(pixels: np.ndarray, max_side: int = 1024) -> np.ndarray:
-    """The whole film as displayed (RGB, long side at most ``max_side``) with the region the models see outlined:
-    :func:`imaging.model_region`, the centre square :func:`model_input` crops."""
-    h, w = pixels.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    film = Image.fromarray(pixels).convert("RGB")
-    if scale < 1:
-        film = film.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
-    r = model_region(pixels.shape)
-    box = [r.left * scale, r.top * scale, (r.left + r.width) * scale - 1, (r.top + r.height) * scale - 1]
-    ImageDraw.Draw(film).rectangle(box, outline=REGION_COLOR, width=max(2, round(max(film.size) / 200)))
-    return np.asarray(film)
+def display_square(pixels: np.ndarray, square: str = "crop", size: int = DISPLAY_SIZE) -> np.ndarray:
+    """The square the models see (the task's square rule), at display size, for drawing CAMs and boxes on."""
+    return to_dataset_size(pixels, size, square)
 
 
 @dataclass(frozen=True)
@@ -135,13 +113,13 @@ class Comparison:
     def models(self) -> list[str]:
         return [c for c in self.probs.columns if c != ENSEMBLE]
 
-    @property
+    @cached_property
     def calls(self) -> pd.DataFrame:
         """Positive calls: probability at or above the active threshold (the rule of report.is_positive); a label
-        without a threshold is never called."""
+        without a threshold is never called. Computed once: the page reads it cell by cell."""
         return self.probs >= self.thresholds
 
-    @property
+    @cached_property
     def no_call(self) -> pd.DataFrame:
         """Cells without a threshold: the score is shown, no call is made."""
         return self.thresholds.isna()
@@ -182,10 +160,8 @@ class Comparison:
         and the positives they rest on."""
         rows = []
         for col in self.probs.columns:
-            for j, name in enumerate(self.probs.index):
-                if not self.calls.at[name, col]:
-                    continue
-                pt = self.points.get(col, [None] * len(self.probs))[j]
+            for j in np.flatnonzero(self.calls[col].to_numpy()):
+                name, pt = self.probs.index[j], self.points.get(col, [None] * len(self.probs))[j]
                 rows.append({"column": self.label(col), "label": name, "probability": self.probs.at[name, col],
                              "threshold": self.thresholds.at[name, col],
                              **{k: getattr(pt, k, None) for k in ("sensitivity", "specificity", "ppv", "positives")}})
@@ -441,7 +417,7 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: f
             detector = load_for(m)
             if detector is None:
                 continue
-            score = float(detector.score(features(m, model_input(pixels, m.data_size)))[0])
+            score = float(detector.score(features(m, m.input_for(pixels)))[0])
         except (ValueError, TypeError, OSError) as exc:
             log.warning("skipping %s's out-of-distribution detector: %s", m.id, exc)
             continue

@@ -156,7 +156,7 @@ def gradients(rng: np.random.Generator, n: int) -> np.ndarray:
         img = Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         for _ in range(int(rng.integers(0, 5))):
-            x, y, r = rng.integers(0, SIZE, 2), None, int(rng.integers(3, 16))
+            x, r = rng.integers(0, SIZE, 2), int(rng.integers(3, 16))
             draw.ellipse([x[0] - r, x[1] - r, x[0] + r, x[1] + r], fill=tuple(int(c) for c in rng.uniform(0, 255, 3)))
         out[i] = np.asarray(img)
     return out

@@ -17,6 +17,7 @@ from . import checkpoints
 from .calibration import Calibration
 from .card import Card
 from .engine import Prepared, predict
+from .imaging import to_dataset_size, to_model_batch
 from .pretrained import WeightsNotFound, load_imagenet, load_lora_base, wrap_lora
 from .zoo import ModelSpec, get_spec
 
@@ -44,6 +45,15 @@ class LoadedModel:
     @property
     def data_size(self) -> int:
         return self.card.dataset.size
+
+    @property
+    def square(self) -> str:
+        return self.card.dataset.square
+
+    def input_for(self, pixels: np.ndarray) -> torch.Tensor:
+        """A decoded film, (H, W) or (H, W, 3) uint8 at any size, as this model's (1, C, S, S) uint8 input: resized to
+        the dataset's size with its square rule, exactly as the training images were built."""
+        return to_model_batch(to_dataset_size(pixels, self.data_size, self.square))
 
     @property
     def calibration(self) -> Calibration | None:

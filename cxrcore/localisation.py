@@ -102,7 +102,7 @@ def score_model(m: LoadedModel, images: Iterable[BoxedImage], method: str = "Gra
     """Every box whose label the model predicts, scored with the CAM of that label on the image it is served."""
     out = []
     for img in images:
-        x = compare.model_input(img.pixels_for(m.data_size), m.data_size)
+        x = m.input_for(img.pixels_for(m.data_size))
         for box in img.boxes:
             label = model_label(m, box.label)
             if label is None:

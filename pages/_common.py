@@ -176,6 +176,11 @@ class Selection:
         return self.cards[0].card.task if self.cards else ""
 
     @property
+    def square(self) -> str:
+        """How the task's models make a non-square film square (the dataset entry's rule, from the card)."""
+        return self.cards[0].card.dataset.square if self.cards else "crop"
+
+    @property
     def columns(self) -> list[str]:
         """The chosen models, then the ensemble when at least two are chosen, all were tested on the same images and
         all have stored predictions (the ensemble's thresholds come from their stored validation predictions)."""
@@ -361,7 +366,7 @@ def predictions(c: Case, sel: Selection) -> dict[str, np.ndarray]:
 def _cam(sha256: str, root: str, dataset: str, model_id: str, label: int, method: str,
          _m: inference.LoadedModel, _pixels: np.ndarray) -> explain.CamResult:
     with _model_lock():
-        return explain.cam_map(_m, compare.model_input(_pixels, _m.data_size), label, method)
+        return explain.cam_map(_m, _m.input_for(_pixels), label, method)
 
 
 def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> explain.CamResult:
@@ -386,12 +391,13 @@ def ood(c: Case, sel: Selection) -> str | None:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _display_square(sha256: str, _pixels: np.ndarray) -> np.ndarray:
-    return compare.display_square(_pixels)
+def _display_square(sha256: str, square: str, _pixels: np.ndarray) -> np.ndarray:
+    return compare.display_square(_pixels, square)
 
 
-def display_square(c: Case) -> np.ndarray:
-    return _display_square(c.image.sha256, c.image.pixels)
+def display_square(c: Case, sel: Selection) -> np.ndarray:
+    """The square the task's models see, at display size (CAM panels are drawn on it)."""
+    return _display_square(c.image.sha256, sel.square, c.image.pixels)
 
 
 # ---- thresholds in force (the ROC page sets them, every page uses them) --------------------------------------------

@@ -22,12 +22,12 @@ def layer_src(sha256: str, model_id: str, label: str, method: str, top: float | 
     return viewer.png_uri(viewer.overlay_rgba(_cam, top=top))
 
 
-def show(case: Case, page: str, layers: Sequence[viewer.Layer] = (), height: int = 520,
+def show(case: Case, page: str, square: str, layers: Sequence[viewer.Layer] = (), height: int = 520,
          opacity: float = explain.DEFAULT_ALPHA) -> None:
-    """The case's film at full resolution with its model region, NIH boxes and ``layers``; ``page`` keeps each page's
-    view (zoom, window/level, toggles) apart in the browser."""
+    """The case's film at full resolution with its model region (under the task's ``square`` rule), NIH boxes and
+    ``layers``; ``page`` keeps each page's view (zoom, window/level, toggles) apart in the browser."""
     pixels = case.image.pixels
     src, scale = _film(case.image.sha256, pixels)
-    region, boxes = viewer.outlines(model_region(pixels.shape), case.boxes, scale)
+    region, boxes = viewer.outlines(model_region(pixels.shape, square), case.boxes, scale)
     st.iframe(viewer.page(src, pixels.shape, scale, region, boxes, layers, opacity, key=f"{page}:{case.image.sha256}",
                           height=height, title=case.name), height="content")

@@ -39,7 +39,7 @@ def probability_chart(comp: compare.Comparison, comparable: bool) -> go.Figure:
 def build_report(case: compare.Case, sel: ui.Selection, comp: compare.Comparison, name: str, source: str,
                  warning: str | None, status) -> bytes:
     """The PDF case report, with a Grad-CAM of each model's most likely label (progress shown in ``status``)."""
-    square, panels = ui.display_square(case), []
+    square, panels = ui.display_square(case, sel), []
     bar = st.progress(0.0)
     for k, model_id in enumerate(comp.models):
         label = compare.top_label(comp.probs[model_id], sel.label_names)
@@ -72,13 +72,14 @@ if case is None:
 
 with left:
     image = case.image
-    _viewer.show(case, "compare")
+    _viewer.show(case, "compare", sel.square)
     sizes = sorted({sel.checkpoint(i).card.dataset.size for i in sel.ids})
     st.caption(ui.plain(f"{case.name}: {image.format}, {image.pixels.shape[1]} x {image.pixels.shape[0]} px, "
                         f"{image.bit_depth}-bit {image.original_mode}"))
-    st.caption(f"Wheel: zoom; drag: pan; right- or shift-drag: window/level. The models see only the dashed centre "
-               f"square (the whole film when it is square), resized to {' / '.join(map(str, sizes))} px exactly as "
-               "in training.")
+    seen = ("only the dashed centre square (the whole film when it is square)" if sel.square == "crop" else
+            "the whole film, padded with black to a square")
+    st.caption(f"Wheel: zoom; drag: pan; right- or shift-drag: window/level. The models see {seen}, resized to "
+               f"{' / '.join(map(str, sizes))} px exactly as in training.")
     if case.truth is not None:
         st.caption(f"Dataset labels ({case.source}): **{', '.join(case.truth) or 'No finding'}**")
     show_ids = bool(image.identifiers) and st.checkbox(

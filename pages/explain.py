@@ -44,7 +44,7 @@ for k, (label, m) in enumerate(pairs):
     progress.progress((k + 1) / len(pairs), text=f"{method}: {m}, {label}")
 progress.empty()
 
-_viewer.show(case, "explain", layers, height=480)
+_viewer.show(case, "explain", sel.square, layers, height=480)
 st.caption("Colour bar: blue (low) to red (the map's own peak); the map is relative to its peak, not a probability. "
            "The opacity applies at the map's upper half and fades to clear where the map is low. A map that is empty "
            "or constant has **no localisation** and is not drawn.")

@@ -71,9 +71,11 @@ def preset_cell(point: metrics.OperatingPoint) -> str:
     return f"{point.threshold:.3f} (n={point.positives} positives)"
 
 
-def marker(x: float, y: float, color: str, text: str) -> go.Scatter:
-    return go.Scatter(x=[x], y=[y], mode="markers", showlegend=False, hovertemplate=f"{text}<extra></extra>",
-                      marker=dict(color=color, size=13, symbol="x", line=dict(width=1, color="white")))
+def markers(xs: list[float], ys: list[float], active: dict[str, float]) -> go.Scatter:
+    """Every model's operating point as one trace (one per model made each threshold move redraw 11 more)."""
+    return go.Scatter(x=xs, y=ys, mode="markers", showlegend=False, text=[f"{c} at {active[c]:.3f}" for c in palette],
+                      hovertemplate="%{text}<extra></extra>",
+                      marker=dict(color=list(palette.values()), size=13, symbol="x", line=dict(width=1, color="white")))
 
 
 def roc_figure(stats: dict[str, dict], active: dict[str, float], bands: bool) -> go.Figure:
@@ -91,8 +93,8 @@ def roc_figure(stats: dict[str, dict], active: dict[str, float], bands: bool) ->
                                  customdata=roc["thresholds"],
                                  hovertemplate="FPR %{x:.2f}, TPR %{y:.2f}, "
                                                "threshold %{customdata:.3f}<extra></extra>"))
-        s = stats[c]
-        fig.add_trace(marker(1 - s["specificity"], s["sensitivity"], color, f"{c} at {active[c]:.3f}"))
+    fig.add_trace(markers([1 - stats[c]["specificity"] for c in palette], [stats[c]["sensitivity"] for c in palette],
+                          active))
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dot", color="grey"))
     fig.update_layout(xaxis_title="1 - specificity (false-positive rate)", yaxis_title="sensitivity",
                       height=480, margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(range=[0, 1]),
@@ -105,7 +107,7 @@ def pr_figure(stats: dict[str, dict], active: dict[str, float]) -> go.Figure:
     for c, color in palette.items():
         pr = curves[c].pr
         fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], name=c, line=dict(color=color, width=2)))
-        fig.add_trace(marker(stats[c]["sensitivity"], stats[c]["ppv"], color, f"{c} at {active[c]:.3f}"))
+    fig.add_trace(markers([stats[c]["sensitivity"] for c in palette], [stats[c]["ppv"] for c in palette], active))
     prevalence = float(np.mean(curves[columns[0]].y_test))
     fig.add_hline(y=prevalence, line=dict(dash="dot", color="grey"), annotation_text=f"prevalence {prevalence:.2f}")
     fig.update_layout(xaxis_title="recall (sensitivity)", yaxis_title="precision (PPV)", height=480,
@@ -119,6 +121,10 @@ def confusion(s: dict) -> str:
             f"| **{label}** | {int(s['tp'])} | {int(s['fn'])} |\n| **no {label}** | {int(s['fp'])} | {int(s['tn'])} |")
 
 
+def no_call_fmt(value: float) -> str:
+    return "no call" if np.isnan(value) else f"{value:.3f}"
+
+
 def your_thresholds() -> None:
     """The user's thresholds for this task as a table, with a reset for this label and for all."""
     mine = ui.user_thresholds(sel)
@@ -126,10 +132,9 @@ def your_thresholds() -> None:
     if mine.empty:
         st.caption("None set: every model calls at its card's threshold (validation Youden J).")
         return
-    st.dataframe(mine, hide_index=True, width="stretch", column_config={
-        "model": "Model", "label": "Label",
-        "threshold": st.column_config.NumberColumn("Your threshold", format="%.3f", help="Empty: no call"),
-        "default": st.column_config.NumberColumn("Card's threshold", format="%.3f", help="Empty: no call")})
+    shown = mine.assign(threshold=mine["threshold"].map(no_call_fmt), default=mine["default"].map(no_call_fmt))
+    st.table(shown.rename(columns={"model": "Model", "label": "Label", "threshold": "Your threshold",
+                                   "default": "Card's threshold"}), hide_index=True)
     a, b, _ = st.columns([1, 1, 3])
     if a.button(f"Reset {label}", icon=":material/restart_alt:", disabled=label not in set(mine["label"]),
                 help=f"Every model back to its card's threshold for {label}"):
@@ -140,9 +145,35 @@ def your_thresholds() -> None:
         st.rerun()
 
 
+def adjust(c: str, stats: dict, at_default: dict, point: metrics.OperatingPoint) -> None:
+    """The chosen model's threshold slider, its evidence and the test statistics at it."""
+    key = slider_key(c)
+    if key not in st.session_state:
+        st.session_state[key] = point.value if np.isfinite(point.value) else 0.5
+    if not np.isfinite(point.value):
+        st.warning(f"No call for {label}: {point.reason}. The Compare page shows the score and makes no call unless "
+                   "you set a threshold here.", icon=":material/block:")
+    elif (refusal := metrics.threshold_refusal(point.value, curves[c].p_val)) is not None:
+        st.warning(f"Set by hand, and outside what validation supports: {refusal}.", icon=":material/warning:")
+    else:
+        st.caption(f"On validation at this threshold: sensitivity {ui.fmt(point.sensitivity, 2)}, specificity "
+                   f"{ui.fmt(point.specificity, 2)}, PPV {ui.fmt(point.ppv, 2)}, from {point.positives} positives.")
+    st.slider(f"Threshold of {c} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=store,
+              args=(c,), help=f"Card / validation default: {ui.fmt(defaults[c])}")
+    cells = st.columns(3)
+    for k, name in enumerate(n for n in ui.STAT_NAMES if n != "threshold"):
+        delta = stats[c][name] - at_default[c][name]
+        cells[k % 3].metric(ui.STAT_NAMES[name], ui.fmt(stats[c][name]),
+                            delta=None if abs(delta) < 1e-9 or np.isnan(delta) else f"{delta:+.3f}",
+                            help="Change: against the card's default threshold (test split)")
+    if np.isfinite(point.value):
+        st.markdown(confusion(stats[c]))
+
+
 @st.fragment
 def operating_points() -> None:
-    """Everything a threshold changes; a slider or preset reruns only this."""
+    """Everything a threshold changes; a slider or preset reruns only this. One chart and one model's slider are
+    drawn at a time: the browser redrew eleven tabs of widgets and two charts on every move (about a second)."""
     in_force = {c: pts[j] for c, pts in ui.points(sel).items() if c in columns}
     active = {c: p.value for c, p in in_force.items()}
     stats = {c: metrics.binary_stats(curves[c].y_test, curves[c].p_test, active[c]) for c in columns}
@@ -151,57 +182,34 @@ def operating_points() -> None:
     st.markdown(f"**Apply a preset to every model for {label}:**")
     for col, preset in zip(st.columns(len(compare.PRESETS)), compare.PRESETS):
         col.button(preset, key=f"preset::{preset}", on_click=apply, args=(preset,), width="stretch")
-    split_name = {"val": "validation", "test": "test"}[fit_on]
-    st.dataframe(pd.DataFrame({p: {c: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}),
-                 width="stretch")
-    st.caption(f"Each preset as chosen on the {split_name} split, with the positives it rests on. A threshold needs "
-               f"at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the observed scores is refused; a "
-               "target that no usable threshold meets is reported. Where a preset has none, applying it makes no "
-               "call.")
-
-    roc_tab, pr_tab = st.tabs(["ROC", "Precision-recall"])
-    bands = roc_tab.toggle("95 % bootstrap bands", help="Shaded: where the curve falls in 95 % of resamples of the "
-                           "test images.", **ui.persist("roc.bands", len(columns) <= 3))
-    roc_tab.plotly_chart(roc_figure(stats, active, bands), key="roc_chart")
-    pr_tab.plotly_chart(pr_figure(stats, active), key="pr_chart")
-    y = curves[columns[0]].y_test
-    st.caption(f"Test split: {len(y)} images, {int(y.sum())} with {label}. Crosses: operating points at the "
-               "thresholds in force.")
+    chart, panel = st.columns([3, 2], gap="large")
+    with chart:
+        curve = st.segmented_control("Curve", ["ROC", "Precision-recall"], required=True,
+                                     **ui.persist("roc.curve", "ROC", ["ROC", "Precision-recall"]))
+        if curve == "ROC":
+            bands = st.toggle("95 % bootstrap bands", help="Shaded: where the curve falls in 95 % of resamples of "
+                              "the test images.", **ui.persist("roc.bands", len(columns) <= 3))
+            st.plotly_chart(roc_figure(stats, active, bands), key="roc_chart")
+        else:
+            st.plotly_chart(pr_figure(stats, active), key="pr_chart")
+        y = curves[columns[0]].y_test
+        st.caption(f"Test split: {len(y)} images, {int(y.sum())} with {label}. Crosses: operating points at the "
+                   "thresholds in force.")
+    with panel:
+        c = st.selectbox("Model", columns, help="The model whose threshold the slider sets (Your thresholds, below, "
+                         "lists the ones you changed).", **ui.persist("roc.model", columns[0], columns))
+        adjust(c, stats, at_default, in_force[c])
 
     st.subheader("Operating points")
-    summary = pd.DataFrame({c: {k: stats[c][k] for k in ui.STAT_NAMES} for c in columns}).T.rename(
-        columns=ui.STAT_NAMES)
-    st.dataframe(summary, column_config={v: st.column_config.NumberColumn(format="%.3f")
-                                         for v in ui.STAT_NAMES.values()})
-
-    for tab, c in zip(st.tabs(columns), columns):
-        with tab:
-            key = slider_key(c)
-            if key not in st.session_state:
-                st.session_state[key] = active[c] if np.isfinite(active[c]) else 0.5
-            if not np.isfinite(active[c]):
-                st.warning(f"No call for {label}: {in_force[c].reason}. The Compare page shows the score and makes "
-                           "no call unless you set a threshold here.", icon=":material/block:")
-            elif (refusal := metrics.threshold_refusal(active[c], curves[c].p_val)) is not None:
-                st.warning(f"Set by hand, and outside what validation supports: {refusal}.", icon=":material/warning:")
-            else:
-                p = in_force[c]
-                st.caption(f"On validation at this threshold: sensitivity {ui.fmt(p.sensitivity, 2)}, specificity "
-                           f"{ui.fmt(p.specificity, 2)}, PPV {ui.fmt(p.ppv, 2)}, from {p.positives} positives.")
-            st.slider(f"Threshold of {c} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key,
-                      on_change=store, args=(c,), help=f"Card / validation default: {ui.fmt(defaults[c])}")
-            left, right = st.columns([3, 2])
-            with left:
-                cells = st.columns(3)
-                for k, name in enumerate(ui.STAT_NAMES):
-                    if name == "threshold":
-                        continue
-                    delta = stats[c][name] - at_default[c][name]
-                    cells[(k - 1) % 3].metric(ui.STAT_NAMES[name], ui.fmt(stats[c][name]),
-                                              delta=None if abs(delta) < 1e-9 or np.isnan(delta) else f"{delta:+.3f}",
-                                              help="Change: against the card's default threshold")
-            if np.isfinite(active[c]):
-                right.markdown(confusion(stats[c]))
+    summary = pd.DataFrame({c: {v: ui.fmt(stats[c][k]) for k, v in ui.STAT_NAMES.items()} for c in columns}).T
+    st.table(summary)
+    split_name = {"val": "validation", "test": "test"}[fit_on]
+    with st.expander(f"Each preset's threshold per model, chosen on the {split_name} split, and the positives it "
+                     "rests on"):
+        st.table(pd.DataFrame({p: {c: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
+        st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the "
+                   "observed scores is refused; a target that no usable threshold meets is reported. Where a preset "
+                   "has none, applying it makes no call.")
     your_thresholds()
 
 

@@ -78,7 +78,7 @@ def film_caption(at: AppTest) -> str:
 
 
 def metric(at: AppTest, label: str) -> str:
-    """The first metric with this label (the ROC page's first tab is the first model's)."""
+    """The first metric with this label (on the ROC page: the chosen model's, the first by default)."""
     return next(m.value for m in at.metric if m.label == label)
 
 
@@ -308,7 +308,9 @@ def test_presets_set_every_models_slider(sample):
     at.switch_page("pages/roc.py").run()
     at.button(key="preset::0.5").click().run()
     assert at.slider(key=SLIDER).value == 0.5
+    at.selectbox(key="settings::roc.model").set_value(ENSEMBLE).run()  # one model's slider is drawn at a time
     assert at.slider(key=f"thr::nih14-local::{ENSEMBLE}::Atelectasis").value == 0.5
+    at.selectbox(key="settings::roc.model").set_value("vanilla_cnn").run()
     at.button(key="preset::Sensitivity ≥ 0.90").click().run()
     on_val = at.slider(key=SLIDER).value  # chosen on validation: 0.90 is not guaranteed on the test split...
     at.radio(key="settings::roc.fit").set_value("test").run()
@@ -320,9 +322,9 @@ def test_user_thresholds_are_listed_marked_kept_in_the_url_and_reset(sample):
     at = start()
     at.switch_page("pages/roc.py").run()
     at.slider(key=SLIDER).set_value(0.95).run()
-    mine = next(d.value for d in at.dataframe if "threshold" in d.value.columns and "default" in d.value.columns)
-    assert mine[["model", "label"]].values.tolist() == [["vanilla_cnn", "Atelectasis"]]
-    assert mine["threshold"].tolist() == [0.95] and mine["default"].tolist() != [0.95]
+    mine = next(t.value for t in at.table if "Your threshold" in t.value.columns)
+    assert mine[["Model", "Label"]].values.tolist() == [["vanilla_cnn", "Atelectasis"]]
+    assert mine["Your threshold"].tolist() == ["0.950"] and mine["Card's threshold"].tolist() != ["0.950"]
     assert "nih14-local|vanilla_cnn|Atelectasis|0.9500" in at.query_params["thr"]
     at.switch_page("pages/compare.py").run()
     at.switch_page("pages/roc.py").run()  # the label list marks Atelectasis now

@@ -3,7 +3,6 @@ peaks, the out-of-distribution warning and the report data."""
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from helpers import NIH14, dicom, fake_checkpoint, fake_checkpoint_root, write_o
 from PIL import Image
 
 from cxrcore import compare, gate, metrics
-from cxrcore.card import Card
 from cxrcore.checkpoints import find
 from cxrcore.compare import ENSEMBLE
 from cxrcore.data import Box, Dataset
@@ -219,7 +217,18 @@ def test_predict_image_is_the_training_preprocessing(nih):
     pixels = np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8)
     expected = m.predict(to_model_batch(to_dataset_size(pixels, 64)))[0]
     np.testing.assert_array_equal(compare.predict_image(m, pixels), expected)
-    assert torch.equal(compare.model_input(pixels, 64), to_model_batch(to_dataset_size(pixels, 64)))
+    assert m.square == "crop" and torch.equal(m.input_for(pixels), to_model_batch(to_dataset_size(pixels, 64)))
+
+
+def test_a_model_trained_on_padded_films_is_served_padded(nih):
+    """The dataset entry's square rule, recorded in the card, is the one inference applies (not always the crop)."""
+    m = load_model(next(c for c in nih if c.id == "vanilla_cnn").path)
+    m.card.dataset.extra["square"] = "pad"
+    pixels = np.full((100, 200), 255, np.uint8)  # landscape: padding leaves black bands above and below
+    x = m.input_for(pixels)
+    assert torch.equal(x, to_model_batch(to_dataset_size(pixels, 64, "pad")))
+    assert x[0, 0, 0].max() == 0 and x[0, 0, 32].min() == 255
+    np.testing.assert_array_equal(compare.predict_image(m, pixels), m.predict(x)[0])
 
 
 def test_upload_case_decodes_and_places_nih_boxes_on_the_square():
@@ -280,7 +289,7 @@ def test_the_tasks_channels_decide_how_an_upload_is_decoded_and_read(rgb_model, 
     np.testing.assert_array_equal(colour.image.pixels, rgb)  # kept in colour for the colour model
     grey = compare.upload_case(data, "cell.png", Limits(), {}, 1)
     assert grey.image.pixels.shape == (80, 100)  # a film task still reads grey
-    x = compare.model_input(colour.image.pixels, rgb_model.data_size)
+    x = rgb_model.input_for(colour.image.pixels)
     assert x.shape == (1, 3, 32, 32) and torch.equal(x[0, 1], torch.from_numpy(
         to_dataset_size(rgb, 32)[..., 1]))  # channels in order, not a grey copy
     p = compare.predict_image(rgb_model, colour.image.pixels)
@@ -304,7 +313,6 @@ def test_a_colour_test_split_pick_is_decoded_and_shown_in_colour(rgb_model):
     for informative in (True, False):
         panel = compare.cam_panel(square, CamResult(heat, (8, 8), informative, "GradCAM", "x", ""))
         assert panel.shape[0] == square.shape[0] and panel.shape[2] == 3
-    assert compare.film_with_region(case.image.pixels).shape == (32, 32, 3)
     rep = compare.case_report(compare.compare({"cnn_small": [0.1, 0.2, 0.3, 0.4]},
                                               {"cnn_small": [0.5] * 4}, rgb_model.label_names),
                               case.image.pixels, case.name, [rgb_model.card], "cards")
@@ -400,17 +408,3 @@ def test_predicted_class_is_each_columns_most_probable_class():
     comp = compare.compare(probs, {c: [0.5] * 3 for c in (*probs, ENSEMBLE)}, classes, ["a", "b"])
     assert compare.predicted_classes(comp) == {"a": "bacterial", "b": "normal", ENSEMBLE: "normal"}  # mean .4/.3/.3
     assert compare.predicted_by(comp) == [f"b, {ENSEMBLE}", "a", ""]
-
-
-def test_film_with_region_outlines_the_centre_square_the_models_see():
-    from cxrcore.imaging import model_region
-
-    film = np.full((200, 400), 100, np.uint8)
-    shown = compare.film_with_region(film)
-    r = model_region(film.shape)
-    assert shown.shape == (200, 400, 3) and (r.left, r.width) == (100, 200)
-    assert tuple(shown[100, r.left]) == compare.REGION_COLOR
-    assert tuple(shown[100, r.left + r.width - 1]) == compare.REGION_COLOR
-    assert tuple(shown[100, 50]) == (100, 100, 100) and tuple(shown[100, 200]) == (100, 100, 100)
-    big = compare.film_with_region(np.zeros((3000, 2000), np.uint8))
-    assert big.shape == (1024, 683, 3) and tuple(big[512, 0]) == compare.REGION_COLOR

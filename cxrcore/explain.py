@@ -13,15 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .data import Box
 from .inference import LoadedModel
 from .zoo import reshape_transform, resolve_module
 
-CAM_METHODS = {"GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "HiResCAM": HiResCAM, "EigenCAM": EigenCAM,
-               "XGradCAM": XGradCAM, "LayerCAM": LayerCAM}
+CAM_METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "HiResCAM": "HiResCAM",  # name: its class
+               "EigenCAM": "EigenCAM", "XGradCAM": "XGradCAM", "LayerCAM": "LayerCAM"}
 MIN_GRID = 7  # cells a side below which a map is too coarse to point at a lung region (CheXNet's map is 7x7)
 FLAT = 1e-3  # a map whose range is under this share of its peak is constant: nothing stands out
 DEFAULT_ALPHA = 0.3  # peak opacity of the heatmap: the film stays readable under it
@@ -74,9 +72,13 @@ def choose_layer(grids: dict[str, tuple[int, int]]) -> str:
 
 def _native_cam(m: LoadedModel, x: torch.Tensor, layer: str, label: int, method: str) -> np.ndarray:
     """The CAM at the layer's own resolution, before any normalisation (ReLU applied, as every method does)."""
+    import pytorch_grad_cam  # imported on first use (about a second, torch._dynamo): the app's first page draws none
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     raw: list[np.ndarray] = []
-    with CAM_METHODS[method](model=m.model, target_layers=[resolve_module(m.model, layer)],
-                             reshape_transform=reshape_transform(m.spec, m.model)) as cam:
+    method_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    with method_class(model=m.model, target_layers=[resolve_module(m.model, layer)],
+                      reshape_transform=reshape_transform(m.spec, m.model)) as cam:
         compute = cam.get_cam_image  # the one step every method shares: catch its map before it is resized
 
         def keep(*args, **kwargs):

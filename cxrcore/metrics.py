@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import roc_curve, precision_recall_curve
 
 from .task import kind_of, label_columns
 
@@ -108,6 +107,20 @@ def macro_sens_spec(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndar
     if all(np.isnan(s["sensitivity"]) for s in stats):
         return float("nan"), float("nan")
     return float(np.nanmean([s["sensitivity"] for s in stats])), float(np.nanmean([s["specificity"] for s in stats]))
+
+
+def roc_curve(y_true: np.ndarray, y_score: np.ndarray, drop_intermediate: bool = True):
+    """scikit-learn's ``roc_curve``, imported on first use: sklearn takes about a second to import, and the app's
+    first page draws no curve."""
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+    return sklearn_roc_curve(y_true, y_score, drop_intermediate=drop_intermediate)
+
+
+def roc(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, list[float]]:
+    """One label's ROC curve as lists, thresholds capped at 1 (sklearn puts an infinite one first)."""
+    fpr, tpr, thr = roc_curve(np.asarray(y_true).ravel(), np.asarray(y_score).ravel())
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1.0).tolist()}
 
 
 def threshold_youden(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -420,7 +433,6 @@ def roc_band(
     """ROC curve plus a bootstrap band of TPR on a fixed FPR grid, for drawing confidence bands."""
     y_true, y_score = np.asarray(y_true).ravel(), np.asarray(y_score).ravel()
     grid = np.linspace(0, 1, 101)
-    fpr, tpr, thr = roc_curve(y_true, y_score)
     rng = np.random.default_rng(seed)
     curves = []
     for _ in range(n_boot):
@@ -430,14 +442,14 @@ def roc_band(
         f, t, _ = roc_curve(y_true[idx], y_score[idx])
         curves.append(np.interp(grid, f, t))
     lo, hi = (np.quantile(curves, [alpha / 2, 1 - alpha / 2], axis=0) if curves else (grid * np.nan, grid * np.nan))
-    return {
-        "fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1.0).tolist(),
-        "grid": grid.tolist(), "tpr_lo": np.asarray(lo).tolist(), "tpr_hi": np.asarray(hi).tolist(),
-    }
+    return {**roc(y_true, y_score), "grid": grid.tolist(), "tpr_lo": np.asarray(lo).tolist(),
+            "tpr_hi": np.asarray(hi).tolist()}
 
 
 def pr_curve(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, list[float]]:
     """Precision-recall curve of one label."""
+    from sklearn.metrics import precision_recall_curve  # on first use, as roc_curve
+
     p, r, t = precision_recall_curve(np.asarray(y_true).ravel(), np.asarray(y_score).ravel())
     return {"precision": p.tolist(), "recall": r.tolist(), "thresholds": t.tolist()}
 

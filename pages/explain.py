@@ -17,15 +17,18 @@ comp = ui.comparison(case, sel)
 lead = comp.probs.columns[-1]  # the ensemble when there is one
 
 c1, c2, c3, c4 = st.columns([4, 3, 2, 2])
-models = c1.multiselect("Models", sel.ids, default=sel.ids[:4], key="cam_models")
+# Each setting stays put for the session (ui.persist), across pages and films, until changed here.
+models = c1.multiselect("Models", sel.ids, **ui.persist("explain.models", sel.ids[:4], sel.ids))
 default_label = compare.top_label(comp.probs[lead], sel.label_names)
 kind = "label" if is_multilabel(sel.task) else "class"  # a single-label task explains a chosen class
 labels = c2.multiselect(f"{kind.capitalize()}es" if kind == "class" else "Labels", sel.label_names,
-                        default=[default_label], key="cam_labels", help=f"Default: the {kind} {lead} rates most likely.")
-method = c3.selectbox("CAM method", list(explain.CAM_METHODS), key="cam_method")
-top = c4.select_slider("Show", [100, 50, 30, 20, 10, 5], value=100, key="cam_top",
-                       format_func=lambda v: "whole map" if v == 100 else f"top {v} %",
-                       help="Draw only the highest part of each map.")
+                        help=f"First default: the {kind} {lead} rates most likely on the film then read.",
+                        **ui.persist("explain.labels", [default_label], sel.label_names))
+method = c3.selectbox("CAM method", list(explain.CAM_METHODS),
+                      **ui.persist("explain.method", "GradCAM", list(explain.CAM_METHODS)))
+TOPS = [100, 50, 30, 20, 10, 5]
+top = c4.select_slider("Show", TOPS, format_func=lambda v: "whole map" if v == 100 else f"top {v} %",
+                       help="Draw only the highest part of each map.", **ui.persist("explain.top", 100, TOPS))
 if not models or not labels:
     st.info("Choose at least one model and one label.", icon=":material/tune:")
     st.stop()

@@ -350,6 +350,24 @@ def test_page_settings_stay_put_across_pages():
     assert at.radio(key="settings::roc.fit").value == "test"
 
 
+def test_explain_settings_stay_put_across_pages(sample):
+    at = upload(start(), *sample)
+    at.switch_page("pages/explain.py").run()
+    one = at.multiselect(key="settings::explain.models").options[-1:]
+    at.multiselect(key="settings::explain.models").set_value(one)
+    at.multiselect(key="settings::explain.labels").set_value(["Effusion", "Mass"])
+    at.select_slider(key="settings::explain.top").set_value(20)
+    at.selectbox(key="settings::explain.method").set_value("HiResCAM").run()
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/explain.py").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="settings::explain.models").value == one
+    assert at.multiselect(key="settings::explain.labels").value == ["Effusion", "Mass"]
+    assert at.select_slider(key="settings::explain.top").value == 20
+    assert at.selectbox(key="settings::explain.method").value == "HiResCAM"
+    assert [r["label"] for _, r in at.dataframe[0].value.iterrows()] == ["Effusion", "Mass"]
+
+
 def test_a_new_session_takes_the_task_and_thresholds_from_the_url():
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params["task"] = "nih14-local"
@@ -400,10 +418,10 @@ def test_picking_a_test_split_image_empties_the_uploader_and_names_the_film(samp
 def test_cams_for_a_cnn_and_a_vit_report_the_nih_box(sample, method):
     at = upload(start(), *sample)
     at.switch_page("pages/explain.py").run()
-    at.multiselect(key="cam_labels").set_value(["Pneumonia"])
-    at.selectbox(key="cam_method").set_value(method).run()
+    at.multiselect(key="settings::explain.labels").set_value(["Pneumonia"])
+    at.selectbox(key="settings::explain.method").set_value(method).run()
     assert not at.exception, at.exception
-    assert {"GradCAM", "GradCAM++", "HiResCAM", "EigenCAM"} <= set(at.selectbox(key="cam_method").options)
+    assert {"GradCAM", "GradCAM++", "HiResCAM", "EigenCAM"} <= set(at.selectbox(key="settings::explain.method").options)
     captions = list(at.dataframe[0].value["map"])
     assert len(captions) == 2 and all("the Pneumonia box" in c for c in captions), captions
     assert "Green boxes" in texts(at)

@@ -79,9 +79,9 @@ def test_roc_draws_one_vs_rest_curves_for_each_class(xray):
 def test_explain_explains_a_chosen_class(xray):
     at = upload(start(TASK), *xray)
     at.switch_page("pages/explain.py").run()
-    at.multiselect(key="cam_labels").set_value(["viral"]).run()
+    at.multiselect(key="settings::explain.labels").set_value(["viral"]).run()
     assert not at.exception, at.exception
-    assert at.multiselect(key="cam_labels").options == CLASSES
+    assert at.multiselect(key="settings::explain.labels").options == CLASSES
     assert list(at.dataframe[0].value["label"]) == ["viral"]  # one map: the chosen class
 
 

@@ -203,14 +203,14 @@ def operating_points() -> None:
     st.subheader("Operating points")
     summary = pd.DataFrame({c: {v: ui.fmt(stats[c][k]) for k, v in ui.STAT_NAMES.items()} for c in columns}).T
     st.table(summary)
-    split_name = {"val": "validation", "test": "test"}[fit_on]
-    with st.expander(f"Each preset's threshold per model, chosen on the {split_name} split, and the positives it "
-                     "rests on"):
-        st.table(pd.DataFrame({p: {c: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
-        st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the "
-                   "observed scores is refused; a target that no usable threshold meets is reported. Where a preset "
-                   "has none, applying it makes no call.")
     your_thresholds()
 
 
 operating_points()
+split_name = {"val": "validation", "test": "test"}[fit_on]
+with st.expander(f"Each preset's threshold per model, chosen on the {split_name} split, and the positives it rests on"):
+    # outside the fragment: presets depend on the label and split only, so a threshold move need not redraw them
+    st.table(pd.DataFrame({p: {c: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
+    st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the observed "
+               "scores is refused; a target that no usable threshold meets is reported. Where a preset has none, "
+               "applying it makes no call.")

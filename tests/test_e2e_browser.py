@@ -15,6 +15,8 @@ from typing import Iterator
 
 import pytest
 
+from helpers import NIH14
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT_ENV = "CXR_SCREENSHOT"  # also save the screenshot here when set
@@ -138,9 +140,12 @@ def test_upload_in_a_real_browser_shows_the_comparison(server, browser, data_dir
     browser.get(server)
     wait = WebDriverWait(browser, 180)
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))).send_keys(str(sample.resolve()))
-    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=stDataFrame]")))
+    table = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=stHtml] table")))
     wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=stPlotlyChart]")))
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid=stStatusWidget]"))  # run finished
+    rows = [r.text for r in table.find_elements(By.CSS_SELECTOR, "tbody th.row_heading")]
+    assert rows == NIH14  # the results table: one row per label, every model a column
+    assert len(table.find_elements(By.CSS_SELECTOR, "thead th")) > 10
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Research tool, not a medical device" in body
     assert sample.name in body and "Labels where models split" in body

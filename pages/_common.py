@@ -125,14 +125,18 @@ def broken_checkpoints(root: str, dataset: str) -> list[checkpoints.Broken]:
     return [b for b in checkpoints.scan(Path(root)).broken if b.dataset in (dataset, None)]
 
 
-@st.cache_resource(show_spinner="Loading the test split…")
-def test_split(dataset: str, size: int, cache_key: str | None) -> data.Split | None:
-    """The task's test split when it is on this machine (never required), else None: memory-mapped from the cache
-    folder the card names, without scanning the sources or reading the other splits."""
+@st.cache_resource(show_spinner="Opening the test split…", ttl=600)
+def test_split(dataset: str, size: int, cache_key: str | None) -> tuple[data.Split | None, str | None]:
+    """The task's test split when it is on this machine and decoded (never required): memory-mapped from the cache
+    folder the card names, without reading the other splits or decoding anything (minutes for the larger sets);
+    else None, with the command that decodes it when the sources are here but not yet decoded. Kept ten minutes, so a
+    split decoded meanwhile appears."""
     try:
-        return datasets.load_split(dataset, size, "test", cache_key)
+        return datasets.load_split(dataset, size, "test", cache_key, decode=False), None
+    except datasets.SplitNotCached as exc:
+        return None, str(exc)
     except (data.DatasetNotFound, ValueError, OSError):
-        return None
+        return None, None
 
 
 @st.cache_resource(show_spinner=False)
@@ -316,7 +320,9 @@ def film_input(dataset: str) -> None:
                      key=_upload_key(), on_change=_on_upload, help="Read in memory only, never written to disk.")
     cks = task_checkpoints(str(checkpoint_root()), dataset)
     trained = cks[0].card.dataset if cks else None
-    ds = test_split(dataset, trained.size, trained.extra.get("cache_key")) if trained else None
+    ds, not_decoded = test_split(dataset, trained.size, trained.extra.get("cache_key")) if trained else (None, None)
+    if not_decoded:
+        st.caption(f":material/info: No test-split picker: {plain(not_decoded)}")
     if ds is not None:
         names = ds.names
 

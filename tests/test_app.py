@@ -398,6 +398,20 @@ def test_the_first_page_loads_no_model_and_a_film_only_those_it_needs(sample, mo
     assert sorted(loaded) == ["vanilla_cnn", "vit_scratch"]
 
 
+def test_a_test_split_not_decoded_yet_gives_the_command_and_no_picker(data_dir, tmp_path, monkeypatch):
+    """Decoding a split can take minutes: the sidebar must not do it while the first page waits."""
+    from pages import _common as ui
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "empty-cache"))
+    ui.test_split.clear()
+    try:
+        at = start()
+        assert not [s for s in at.selectbox if s.key == "pick"]
+        assert any("train/prepare_data.py --dataset nih14-local" in shown(c.value) for c in at.sidebar.caption)
+    finally:
+        ui.test_split.clear()  # the other tests read the real cache
+
+
 def test_picking_a_test_split_image_empties_the_uploader_and_names_the_film(sample, data_dir):
     at = upload(start(), *sample)
     assert any(sample[0] in shown(c.value) and "Reading" in c.value for c in at.sidebar.caption)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,21 @@ def test_one_split_is_read_from_the_cache_alone_and_by_the_cards_key_without_a_s
     assert not scans and not [f for f in reads if not f.startswith("test_")]  # no scan, no other split read
     assert isinstance(by_key.images, np.memmap) and by_key.names == cold.names and by_key.channels == 1
     assert datasets.load_split("tiny", 16, "val", "no-such-key").names == full.split("val").names and scans
+
+
+def test_a_split_not_yet_decoded_is_refused_with_the_command_when_decoding_is_off(tmp_path, cache_dir, monkeypatch):
+    """The app's picker asks for the split with ``decode=False``: it must never start minutes of decoding."""
+    root = folder_tree(tmp_path / "x", patients=2)
+    monkeypatch.setitem(datasets.registry._REGISTRY, "tiny", entry(ImageFolder(str(root), patient_pattern=PATIENT)))
+    with pytest.raises(datasets.SplitNotCached, match="python train/prepare_data.py --dataset tiny --size 16"):
+        datasets.load_split("tiny", 16, "test", decode=False)
+    written = {p.parent.name for p in cache_dir.rglob("*") if p.is_file()}
+    assert written <= {"file-md5"}  # the sources' checksums only: nothing was decoded
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import prepare_data  # the CLI that decodes it once
+
+    assert prepare_data.main(["--dataset", "tiny", "--size", "16"]) == 0
+    assert datasets.load_split("tiny", 16, "test", decode=False).names
 
 
 def test_cache_root_defaults_to_the_user_cache(monkeypatch):

@@ -27,8 +27,8 @@ from . import builtin  # noqa: F401,E402 - registers the project's datasets
 DEFAULT_DATASET = "nih14-local"
 
 __all__ = ["DEFAULT_DATASET", "DatasetEntry", "DatasetError", "DatasetNotFound", "ImageFolder", "LabelsCSV",
-           "MedMNISTFile", "MedMNISTOfficial", "NIHRelease", "OFFICIAL", "SplitPolicy", "entries", "find", "get",
-           "load", "load_split", "names", "register"]
+           "MedMNISTFile", "MedMNISTOfficial", "NIHRelease", "OFFICIAL", "SplitNotCached", "SplitPolicy", "entries",
+           "find", "get", "load", "load_split", "names", "prepare_command", "register"]
 
 
 def _locate(entry: DatasetEntry, size: int, download: bool) -> tuple[Scan, str, Path]:
@@ -62,10 +62,21 @@ def load(name: str | DatasetEntry = DEFAULT_DATASET, size: int | None = None, do
                    checksum=cache.split_checksum(path, splits))
 
 
-def load_split(name: str, size: int, split: str = "test", cache_key: str | None = None) -> Split:
+class SplitNotCached(DatasetNotFound):
+    """The dataset's sources are here but not yet decoded into the cache (``load_split(..., decode=False)``)."""
+
+
+def prepare_command(name: str, size: int) -> str:
+    """The command that decodes a dataset once into the cache (what the app asks for rather than decoding itself)."""
+    return f"python train/prepare_data.py --dataset {name} --size {size}"
+
+
+def load_split(name: str, size: int, split: str = "test", cache_key: str | None = None,
+               decode: bool = True) -> Split:
     """One split, memory-mapped from the cache without reading the others. With the ``cache_key`` a card records,
     the folder is opened directly: no source is scanned or hashed. Otherwise (older cards, or that folder gone) the
-    sources are scanned for the key, and decoded once into the cache, as training does, when they are not there."""
+    sources are scanned for the key, and decoded once into the cache, as training does, when they are not there;
+    ``decode=False`` raises :class:`SplitNotCached` instead (the app's page must not wait minutes for a picker)."""
     entry = get(name)
     path = cache.folder(entry.name, size, cache_key) if cache_key else None
     found = cache.read_split(path, split) if path else None
@@ -73,6 +84,9 @@ def load_split(name: str, size: int, split: str = "test", cache_key: str | None 
         _, _, path = _locate(entry, size, False)
         found = cache.read_split(path, split)
     if found is None:
+        if not decode:
+            raise SplitNotCached(f"{entry.name} at {size} px is on this machine but not decoded yet; decode it once "
+                                 f"with: {prepare_command(entry.name, size)}")
         load(entry, size)
         found = cache.read_split(path, split)
     images, labels, extras = found

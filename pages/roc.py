@@ -41,6 +41,7 @@ if kind_of(sel.task) == "multi-class":
                "The threshold here calls the class on its own; the Compare page also shows each model's most probable "
                "class, which is what the card's accuracy and confusion matrix count.")
 palette = ui.colors(columns)
+shown = {c: f"mean of {len(sel.ids)} selected" if c == ENSEMBLE else c for c in columns}  # as on the Compare page
 curves = {c: ui.label_curves(sel, c, j, fit_on) for c in columns}
 defaults = {c: ui.default_points(sel, c)[j].value for c in columns}
 
@@ -73,7 +74,7 @@ def preset_cell(point: metrics.OperatingPoint) -> str:
 
 def markers(xs: list[float], ys: list[float], active: dict[str, float]) -> go.Scatter:
     """Every model's operating point as one trace (one per model made each threshold move redraw 11 more)."""
-    return go.Scatter(x=xs, y=ys, mode="markers", showlegend=False, text=[f"{c} at {active[c]:.3f}" for c in palette],
+    return go.Scatter(x=xs, y=ys, mode="markers", showlegend=False, text=[f"{shown[c]} at {active[c]:.3f}" for c in palette],
                       hovertemplate="%{text}<extra></extra>",
                       marker=dict(color=list(palette.values()), size=13, symbol="x", line=dict(width=1, color="white")))
 
@@ -87,7 +88,7 @@ def roc_figure(stats: dict[str, dict], active: dict[str, float], bands: bool) ->
             fig.add_trace(go.Scatter(x=band["grid"] + band["grid"][::-1], y=band["tpr_hi"] + band["tpr_lo"][::-1],
                                      fill="toself", fillcolor=ui.translucent(color), line=dict(width=0),
                                      hoverinfo="skip", showlegend=False, legendgroup=c))
-        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], name=f"{c} (AUC {curves[c].auc:.3f})", legendgroup=c,
+        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], name=f"{shown[c]} (AUC {curves[c].auc:.3f})", legendgroup=c,
                                  line=dict(color=color, width=3 if c == ENSEMBLE else 2,
                                            dash="dash" if c == ENSEMBLE else "solid"),
                                  customdata=roc["thresholds"],
@@ -106,7 +107,7 @@ def pr_figure(stats: dict[str, dict], active: dict[str, float]) -> go.Figure:
     fig = go.Figure()
     for c, color in palette.items():
         pr = curves[c].pr
-        fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], name=c, line=dict(color=color, width=2)))
+        fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], name=shown[c], line=dict(color=color, width=2)))
     fig.add_trace(markers([stats[c]["sensitivity"] for c in palette], [stats[c]["ppv"] for c in palette], active))
     prevalence = float(np.mean(curves[columns[0]].y_test))
     fig.add_hline(y=prevalence, line=dict(dash="dot", color="grey"), annotation_text=f"prevalence {prevalence:.2f}")
@@ -158,7 +159,7 @@ def adjust(c: str, stats: dict, at_default: dict, point: metrics.OperatingPoint)
     else:
         st.caption(f"On validation at this threshold: sensitivity {ui.fmt(point.sensitivity, 2)}, specificity "
                    f"{ui.fmt(point.specificity, 2)}, PPV {ui.fmt(point.ppv, 2)}, from {point.positives} positives.")
-    st.slider(f"Threshold of {c} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=store,
+    st.slider(f"Threshold of {shown[c]} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=store,
               args=(c,), help=f"Card / validation default: {ui.fmt(defaults[c])}")
     cells = st.columns(3)
     for k, name in enumerate(n for n in ui.STAT_NAMES if n != "threshold"):
@@ -197,11 +198,12 @@ def operating_points() -> None:
                    "thresholds in force.")
     with panel:
         c = st.selectbox("Model", columns, help="The model whose threshold the slider sets (Your thresholds, below, "
-                         "lists the ones you changed).", **ui.persist("roc.model", columns[0], columns))
+                         "lists the ones you changed).", format_func=shown.get,
+                         **ui.persist("roc.model", columns[0], columns))
         adjust(c, stats, at_default, in_force[c])
 
     st.subheader("Operating points")
-    summary = pd.DataFrame({c: {v: ui.fmt(stats[c][k]) for k, v in ui.STAT_NAMES.items()} for c in columns}).T
+    summary = pd.DataFrame({shown[c]: {v: ui.fmt(stats[c][k]) for k, v in ui.STAT_NAMES.items()} for c in columns}).T
     st.table(summary)
     your_thresholds()
 
@@ -210,7 +212,7 @@ operating_points()
 split_name = {"val": "validation", "test": "test"}[fit_on]
 with st.expander(f"Each preset's threshold per model, chosen on the {split_name} split, and the positives it rests on"):
     # outside the fragment: presets depend on the label and split only, so a threshold move need not redraw them
-    st.table(pd.DataFrame({p: {c: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
+    st.table(pd.DataFrame({p: {shown[c]: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
     st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the observed "
                "scores is refused; a target that no usable threshold meets is reported. Where a preset has none, "
                "applying it makes no call.")

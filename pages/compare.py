@@ -107,12 +107,12 @@ with right:
                                 "(as torchxrayvision's op_norm): the same number and colour mean the same call in "
                                 "every cell. Off: calibrated probabilities.")
     scores = comp.scores(comparable)
-    a, b, c = st.columns(3)
+    a, b, c = st.columns([2, 4, 4])  # wide enough for the labels, which were cut off at 1600 px
     a.metric("Models", len(comp.models), border=True)
     false_calls = ui.false_calls(sel, lead, comp.thresholds[lead])
-    b.metric(f"False calls per normal film ({comp.label(lead)})", ui.fmt(false_calls, 2), border=True,
-             help="Expected at these thresholds, whatever this film shows: the mean number of positive calls on the "
-                  "validation films without any finding. Read each call with its PPV below.")
+    b.metric("False calls per normal film", ui.fmt(false_calls, 2), border=True,
+             help=f"Of {comp.label(lead)}, expected at these thresholds, whatever this film shows: the mean number of "
+                  "positive calls on the validation films without any finding. Read each call with its PPV below.")
     c.metric("Labels where models split", int(agree["split"].sum()), border=True,
              help="At least one model calls the label positive and at least one negative (no call counts neither).")
     multiclass = kind_of(sel.task) == "multi-class"

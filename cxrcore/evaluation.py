@@ -19,7 +19,7 @@ import numpy as np
 from . import checkpoints, curves, metrics
 from .card import Card, DatasetRecord
 from .data import Dataset, load_dataset
-from .runs import stored_groups
+from .runs import group_codes, stored_groups
 
 
 def test_metrics(preds: Mapping[str, np.ndarray], card: Card, n_boot: int = 1000,
@@ -40,20 +40,33 @@ def evaluate_folder(folder: Path, data: Dataset | None = None, n_boot: int = 100
         return None
     preds = checkpoints.stored_predictions(folder, card)
     groups = stored_groups(preds, "test")
+    backfilled = None
     if data is not None:
         if card.dataset.split_checksum != data.split_checksum():
             raise checkpoints.CheckpointError(f"{folder}: trained on other splits than the {data.name} loaded here")
         if not np.array_equal(preds["test_labels"], data.labels["test"]):
             raise checkpoints.CheckpointError(f"{folder}: stored test labels are not the dataset's")
         groups = data.extras.get("patients", {}).get("test", groups)
+        backfilled = _with_patient_codes(checkpoints.read_predictions(folder), data)
     test = test_metrics(preds, card, n_boot, groups)
     raw = json.loads((Path(folder) / checkpoints.CARD).read_text())
     raw["metrics"]["test"] = test
     raw["test_evaluation"] = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "n_boot": n_boot, "patient_level_ci": groups is not None,
                               "previous": (raw.get("test_evaluation") or {}).get("at")}
-    checkpoints.rewrite(folder, raw)
+    checkpoints.rewrite(folder, raw, backfilled)
     return test
+
+
+def _with_patient_codes(stored: dict[str, np.ndarray], data: Dataset) -> dict[str, np.ndarray] | None:
+    """The stored predictions plus the patient codes of each split whose stored labels are the dataset's, where they
+    are missing (checkpoints from before the codes were stored: their paired comparisons resampled images); None
+    when nothing is added."""
+    patients = data.extras.get("patients", {})
+    added = {f"{s}_groups": group_codes(patients[s]) for s in ("val", "test")
+             if s in patients and f"{s}_groups" not in stored and f"{s}_labels" in stored
+             and np.array_equal(stored[f"{s}_labels"], data.labels[s])}
+    return {**stored, **added} if added else None
 
 
 def evaluate_folders(folders: Iterable[Path], data: Dataset | None = None, n_boot: int = 1000,

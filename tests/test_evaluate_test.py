@@ -78,6 +78,23 @@ def test_without_the_dataset_the_stored_patient_codes_give_the_same_intervals(tr
     assert without["auc_macro_ci_bootstrap"]["unit"] == "patient"
 
 
+def test_an_older_checkpoint_gets_its_patient_codes_when_evaluated_with_its_data(trained):
+    """Predictions stored before the codes existed: evaluating with the dataset adds them, so later paired
+    comparisons (the Benchmarks page's) resample patients too."""
+    root, data = trained
+    folder = root / "cnn_small"
+    stored = checkpoints.read_predictions(folder)
+    card = json.loads((folder / checkpoints.CARD).read_text())
+    checkpoints.rewrite(folder, card, {k: v for k, v in stored.items() if not k.endswith("_groups")})
+    assert evaluation.evaluate_folder(folder, None, 30, force=True)["auc_macro_ci_bootstrap"]["unit"] == "image"
+    assert "test_groups" not in checkpoints.read_predictions(folder)
+    assert evaluation.evaluate_folder(folder, data, 30, force=True)["auc_macro_ci_bootstrap"]["unit"] == "patient"
+    again = checkpoints.read_predictions(folder)
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(again[f"{split}_groups"], stored[f"{split}_groups"])
+    np.testing.assert_array_equal(again["test_probs"], stored["test_probs"])
+
+
 def test_other_splits_are_refused(trained):
     root, data = trained
     other = load_dataset("nih14-local").subset({**SUBSET, "test": 23})

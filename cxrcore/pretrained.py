@@ -184,16 +184,22 @@ def load_imagenet(spec: ModelSpec, model: nn.Module, in_chans: int) -> Init:
     return Init("imagenet", source, sha)
 
 
-def load_lora_base(spec: ModelSpec, model: nn.Module, path: Path, in_chans: int) -> Init:
-    """A project checkpoint as the pretrained base of a LoRA model (verified by its sha256); its head is kept only
-    when it has the new task's shape."""
-    from .checkpoints import read_card, read_weights
+def load_checkpoint(expected_id: str, model: nn.Module, path: Path, in_chans: int) -> Init:
+    """A project checkpoint of architecture ``expected_id`` as a model's starting weights (verified by its sha256),
+    from any task: its head is kept only when it has the new task's shape (a model pretrained on the Kermany films,
+    two classes, fine-tuned on NIH's 14 labels starts from a new small head)."""
+    from .checkpoints import CheckpointError, read_card, read_weights
 
     card = read_card(path)
-    if card.id != spec.lora_base.id:
-        raise ValueError(f"{spec.id} sits on a {spec.lora_base.id} base, but {path} holds {card.id}")
+    if card.id != expected_id:
+        raise CheckpointError(f"{path} holds {card.id}, not the {expected_id} weights this model needs")
     load_backbone(model, read_weights(path, card), in_chans, f"{card.id} weights in {path}")
     return Init("checkpoint", f"project checkpoint {card.id} trained on {card.dataset.name}", card.weights_sha256)
+
+
+def load_lora_base(spec: ModelSpec, model: nn.Module, path: Path, in_chans: int) -> Init:
+    """A project checkpoint as the pretrained base of a LoRA model (:func:`load_checkpoint` of its base id)."""
+    return load_checkpoint(spec.lora_base.id, model, path, in_chans)
 
 
 def wrap_lora(model: nn.Module) -> nn.Module:
@@ -245,10 +251,7 @@ def initialise(
             if init == "imagenet":
                 raise
             return model, Init("random", "random initialisation (no ImageNet weights reachable offline)")
-    from .checkpoints import load_state_into
-
-    card = load_state_into(model, Path(init))
-    return model, Init("checkpoint", f"project checkpoint {card.id} ({init})", card.weights_sha256)
+    return model, load_checkpoint(spec.id, model, Path(init), in_chans)
 
 
 def build(id: str, num_classes: int, in_chans: int, data_size: int, init: str = "auto",

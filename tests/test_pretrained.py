@@ -267,7 +267,7 @@ def test_lora_base_from_another_task_keeps_its_backbone_and_gets_a_new_small_hea
 def test_lora_base_of_another_architecture_is_refused(make_checkpoint, tmp_path):
     root = tmp_path / "checkpoints"
     make_checkpoint("vanilla_cnn", root=root)
-    with pytest.raises(ValueError, match="sits on a vit_scratch base, but .* holds vanilla_cnn"):
+    with pytest.raises(checkpoints.CheckpointError, match="holds vanilla_cnn, not the vit_scratch weights"):
         initialise(lora_on_scratch(LoraBase("vit_scratch")), create_model("vit_scratch", 14, 1, 64),
                    str(root / "vanilla_cnn"), 1, root)
 
@@ -287,15 +287,26 @@ def test_init_from_a_checkpoint_path(make_checkpoint):
     card = checkpoints.read_card(path)
     torch.manual_seed(123)  # another random start, which the checkpoint must overwrite
     model, init = initialise(get_spec("vanilla_cnn"), create_model("vanilla_cnn", 14, 1, 64), str(path), 1)
-    assert init == Init("checkpoint", f"project checkpoint vanilla_cnn ({path})", card.weights_sha256)
+    assert init == Init("checkpoint", f"project checkpoint vanilla_cnn trained on {card.dataset.name}",
+                        card.weights_sha256)
     for k, v in saved.state_dict().items():  # checkpoints store matrices in fp16, 1-D tensors in fp32
         torch.testing.assert_close(model.state_dict()[k], v.half().to(v.dtype) if v.ndim > 1 else v)
 
 
 def test_init_from_a_checkpoint_of_another_architecture_is_refused(make_checkpoint):
     path, _ = make_checkpoint("cnn_small")
-    with pytest.raises(checkpoints.CheckpointError, match="do not fit the cnn_small architecture"):
+    with pytest.raises(checkpoints.CheckpointError, match="holds cnn_small, not the vanilla_cnn weights"):
         initialise(get_spec("vanilla_cnn"), create_model("vanilla_cnn", 14, 1, 64), str(path), 1)
+
+
+def test_init_from_a_checkpoint_of_another_task_keeps_the_backbone_and_starts_a_new_head(make_checkpoint):
+    """Pretraining on the Kermany films (2 classes), fine-tuning on NIH (14 labels): the head cannot carry over."""
+    path, saved = make_checkpoint("vanilla_cnn")
+    model, init = initialise(get_spec("vanilla_cnn"), create_model("vanilla_cnn", 2, 1, 64), str(path), 1)
+    assert init.kind == "checkpoint" and model.head.out_features == 2 and float(model.head.weight.std()) < 0.05
+    for k, v in saved.state_dict().items():
+        if not k.startswith("head."):
+            torch.testing.assert_close(model.state_dict()[k], v.half().to(v.dtype) if v.ndim > 1 else v)
 
 
 def test_build_applies_the_input_size_override():

@@ -171,25 +171,30 @@ def adjust(c: str, stats: dict, at_default: dict, point: metrics.OperatingPoint)
         st.markdown(confusion(stats[c]))
 
 
+# The controls that change no threshold stay out of the fragment (each reruns the page), so a move redraws less.
+st.markdown(f"**Apply a preset to every model for {label}:**")
+for col, preset in zip(st.columns(len(compare.PRESETS)), compare.PRESETS):
+    col.button(preset, key=f"preset::{preset}", on_click=apply, args=(preset,), width="stretch")
+controls, _ = st.columns([3, 2], gap="large")
+curve = controls.segmented_control("Curve", ["ROC", "Precision-recall"], required=True,
+                                   **ui.persist("roc.curve", "ROC", ["ROC", "Precision-recall"]))
+bands = curve == "ROC" and controls.toggle("95 % bootstrap bands", help="Shaded: where the curve falls in 95 % of "
+                                           "resamples of the test images.",
+                                           **ui.persist("roc.bands", len(columns) <= 3))
+
+
 @st.fragment
 def operating_points() -> None:
-    """Everything a threshold changes; a slider or preset reruns only this. One chart and one model's slider are
-    drawn at a time: the browser redrew eleven tabs of widgets and two charts on every move (about a second)."""
+    """Everything a threshold changes; a slider move reruns only this. One chart and one model's slider are drawn at
+    a time: the browser redrew eleven tabs of widgets and two charts on every move (about a second)."""
     in_force = {c: pts[j] for c, pts in ui.points(sel).items() if c in columns}
     active = {c: p.value for c, p in in_force.items()}
     stats = {c: metrics.binary_stats(curves[c].y_test, curves[c].p_test, active[c]) for c in columns}
     at_default = {c: metrics.binary_stats(curves[c].y_test, curves[c].p_test, defaults[c]) for c in columns}
 
-    st.markdown(f"**Apply a preset to every model for {label}:**")
-    for col, preset in zip(st.columns(len(compare.PRESETS)), compare.PRESETS):
-        col.button(preset, key=f"preset::{preset}", on_click=apply, args=(preset,), width="stretch")
     chart, panel = st.columns([3, 2], gap="large")
     with chart:
-        curve = st.segmented_control("Curve", ["ROC", "Precision-recall"], required=True,
-                                     **ui.persist("roc.curve", "ROC", ["ROC", "Precision-recall"]))
         if curve == "ROC":
-            bands = st.toggle("95 % bootstrap bands", help="Shaded: where the curve falls in 95 % of resamples of "
-                              "the test images.", **ui.persist("roc.bands", len(columns) <= 3))
             st.plotly_chart(roc_figure(stats, active, bands), key="roc_chart")
         else:
             st.plotly_chart(pr_figure(stats, active), key="pr_chart")

@@ -134,7 +134,7 @@ def roc_label(driver, repeats: int) -> list[float]:
     times = []
     for label in ROC_LABELS[:repeats]:
         times.append(timed(lambda: choose(driver, "Label", label),
-                           lambda d: f" with {label}. Crosses" in e2e.main_text(d), driver))
+                           lambda d: f" for {label}\n" in e2e.main_text(d), driver))  # the chosen model's slider
     return times
 
 

@@ -1,8 +1,9 @@
 """ROC & thresholds: how each model trades sensitivity for specificity on the stored test predictions, and the
 operating thresholds the Compare page calls with for the rest of the session.
 
-The label and split choice rerun the page; everything a threshold changes (presets, sliders, curves' crosses,
-statistics, the user's thresholds) is one fragment that reruns alone, on curves cached per column and label."""
+The label, split, presets and curve choice rerun the page; a threshold slider reruns one fragment alone (the curves'
+crosses, the chosen model's statistics, the tables of operating points and of the user's thresholds), on curves
+cached per column and label."""
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go

@@ -109,7 +109,8 @@ def macro_sens_spec(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndar
     return float(np.nanmean([s["sensitivity"] for s in stats])), float(np.nanmean([s["specificity"] for s in stats]))
 
 
-def roc_curve(y_true: np.ndarray, y_score: np.ndarray, drop_intermediate: bool = True):
+def roc_curve(y_true: np.ndarray, y_score: np.ndarray,
+              drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's ``roc_curve``, imported on first use: sklearn takes about a second to import, and the app's
     first page draws no curve."""
     from sklearn.metrics import roc_curve as sklearn_roc_curve

@@ -124,6 +124,7 @@ def choose(driver, selectbox_label: str, option: str) -> None:
     from selenium.webdriver.common.keys import Keys
 
     box = driver.find_element(By.XPATH, f"//*[@data-testid='stSelectbox'][.//label//*[text()='{selectbox_label}']]")
+    into_view(driver, box)  # a box half scrolled off the top closes its menu as soon as one types (a user scrolls up)
     field = box.find_element(By.CSS_SELECTOR, "input")
     field.click()
     field.send_keys(option)

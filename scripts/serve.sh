@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec env STREAMLIT_BROWSER_GATHER_USAGE_STATS=false STREAMLIT_SERVER_MAX_UPLOAD_SIZE=50 \
-  STREAMLIT_CLIENT_TOOLBAR_MODE=minimal \
+  STREAMLIT_CLIENT_TOOLBAR_MODE=minimal STREAMLIT_RUNNER_POST_SCRIPT_GC=false \
   python -m streamlit run app.py --server.address "${CXR_ADDRESS:-127.0.0.1}" --server.headless true "$@"

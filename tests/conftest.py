@@ -40,6 +40,18 @@ def data_dir() -> Path:
     return _shared("nih14_local_64.npz").parent
 
 
+@pytest.fixture
+def decoded_nih(data_dir: Path) -> Path:
+    """The NIH sample decoded into the cache, as `train/prepare_data.py` does (a fresh machine has no cache, and the
+    app only offers a test-split picker for a decoded split); the app's cached lookup is cleared so it sees it."""
+    from cxrcore import datasets
+    from pages import _common as ui
+
+    datasets.load("nih14-local", 64)
+    ui.test_split.clear()
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def kermany_dir() -> Path:
     """The Kermany chest X-ray folders (train/ and test/, with labels.csv)."""

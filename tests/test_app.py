@@ -423,7 +423,7 @@ def test_a_test_split_not_decoded_yet_gives_the_command_and_no_picker(data_dir, 
         ui.test_split.clear()  # the other tests read the real cache
 
 
-def test_picking_a_test_split_image_empties_the_uploader_and_names_the_film(sample, data_dir):
+def test_picking_a_test_split_image_empties_the_uploader_and_names_the_film(sample, decoded_nih):
     at = upload(start(), *sample)
     assert any(sample[0] in shown(c.value) and "Reading" in c.value for c in at.sidebar.caption)
     at.selectbox(key="pick").set_value(0).run()
@@ -474,7 +474,7 @@ def test_pneumonia_task_compares_the_two_classes(sample):
     assert at.selectbox(key="settings::roc.label").value == "pneumonia" and not at.exception
 
 
-def test_a_test_split_image_can_be_picked_and_shows_its_labels(data_dir):
+def test_a_test_split_image_can_be_picked_and_shows_its_labels(decoded_nih):
     at = start()
     at.selectbox(key="pick").set_value(0).run()
     assert not at.exception, at.exception

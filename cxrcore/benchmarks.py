@@ -349,7 +349,8 @@ def calibration_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
     for ck in cks:
         preds, cal = ck.predictions(), ck.card.calibration or {}
         method = ({"platt": f"pos-weight prior + Platt (prior strength {cal.get('prior_strength', 0):g})",
-                   "temperature": f"temperature {cal.get('temperature', 1):.2f}"}.get(cal.get("kind"))
+                   "temperature": f"temperature {cal.get('temperature', 1):.2f}"
+                                  + (f" ({cal['note']})" if cal.get("note") else "")}.get(cal.get("kind"))
                   or ("mean of calibrated members" if ck.card.members else "none"))
         rows.append({"model": ck.id, "test_ece_raw": reliability_of(preds, ck.card.task, raw=True)["ece"],
                      "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"], "calibration": method,

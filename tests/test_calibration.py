@@ -79,6 +79,23 @@ def test_temperature_scaling_fixes_overconfident_softmax_and_sums_to_one():
             < metrics.expected_calibration_error(onehot, overconfident) / 2)
 
 
+def test_a_temperature_is_not_fitted_on_a_held_out_set_the_model_separates():
+    """With 4 of 400 images misclassified the NLL keeps falling as T falls: the fit would sharpen on 4 images."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 400)
+    logits = rng.normal(0, 0.3, (400, 3))
+    logits[np.arange(400), y] += 2.0
+    wrong = np.arange(4)
+    logits[wrong, y[wrong]] -= 4.0  # these four now score their true class lowest
+    p = calibration.softmax(logits).astype(np.float32)
+    cal = calibration.fit(y[:, None], p, False)
+    assert cal.errors == 4 and cal.temperature == 1.0 and "4 misclassified" in cal.note
+    np.testing.assert_allclose(cal.apply(p), p, atol=1e-6)
+    refit = calibration.fit_temperature(y, p, min_errors=4)  # the same set, allowed: it sharpens
+    assert refit.temperature < 1 and refit.note == ""
+    assert calibration.Calibration.from_dict(cal.to_dict()) == cal
+
+
 def test_calibration_round_trips_through_json():
     y, p = inflated(300, seed=5)
     cal = calibration.fit(y, p, True, [np.log(10)] * 4)

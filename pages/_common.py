@@ -84,6 +84,12 @@ def loadable(root: str, dataset: str) -> list[str]:
             if c.id != ENSEMBLE and c.has_weights and c.id not in failed]
 
 
+def not_converged(root: str, dataset: str) -> dict[str, str]:
+    """The task's models that did not learn (:func:`benchmarks.not_converged`), with why: selectable, not chosen by
+    default, and named as such wherever they are listed."""
+    return {c.id: why for c in task_checkpoints(root, dataset) if (why := benchmarks.not_converged(c.card))}
+
+
 def problems(root: str, dataset: str) -> dict[str, str]:
     """Why each other model of the task cannot read an image: no weights here, or weights that did not load."""
     missing = {c.id: f"no weights file ({checkpoints.WEIGHTS}) in {c.path}; rebuild it with: {c.card.rebuild}"
@@ -253,8 +259,12 @@ def sidebar() -> str:
         root = str(checkpoint_root())
         ready = loadable(root, dataset)
         film_input(dataset)
-        st.multiselect("Models", ready, default=ready, key=_models_key(dataset), persist_state="session",
-                       help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen.")
+        stalled = not_converged(root, dataset)
+        st.multiselect("Models", ready, default=[m for m in ready if m not in stalled], key=_models_key(dataset),
+                       persist_state="session", format_func=lambda m: f"{m} (did not converge)" if m in stalled else m,
+                       help="Models of this task whose weights are shipped. The ensemble is the mean of those chosen. "
+                            "A model that did not converge (on held-out figures: see Benchmarks) is not chosen by "
+                            "default.")
         if unusable := problems(root, dataset):
             st.caption(f"{len(unusable)} more with a card but no usable weights: see **Models**.")
     return dataset

@@ -38,13 +38,20 @@ st.dataframe(table, column_config={
     "test_recall_macro": num("Test recall (macro)", format="%.3f"), "test_f1_macro": num("Test F1 (macro)", format="%.3f"),
     "val_auc": num("Val AUC", format="%.3f"), "test_auc": num("Test AUC", format="%.3f"),
     "test_auc_ci": "Test AUC 95% CI", "epochs": "Epochs", "best_epoch": "Best", "train_minutes": num(
-        "Train (min)", format="%.1f"), "weights_shipped": st.column_config.CheckboxColumn("Weights shipped")})
+        "Train (min)", format="%.1f"), "converged": "Converged",
+    "weights_shipped": st.column_config.CheckboxColumn("Weights shipped")})
+not_learned = benchmarks.convergence_notes(cks)
+if not_learned:
+    st.warning(benchmarks.CONVERGENCE_NOTE + "\n\n" + "\n".join(f"- {n}" for n in not_learned),
+               icon=":material/block:")
+unit = (cks[0].card.metrics.test.extra.get("auc_macro_ci_bootstrap", {}).get("unit", "image")
+        if cks[0].card.metrics.test else "image")
 if multiclass:
     st.caption("One class per image, called by the highest probability. AUC: one-vs-rest ROC AUC averaged over classes "
-               "(MedMNIST's getAUC), 95 % bootstrap CI over test images; accuracy, macro precision, recall and F1 of "
+               f"(MedMNIST's getAUC), 95 % bootstrap CI over test {unit}s; accuracy, macro precision, recall and F1 of "
                "the argmax calls.")
 else:
-    st.caption("AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test images. Accuracy at "
+    st.caption(f"AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test {unit}s. Accuracy at "
                "0.5; sensitivity and specificity at each card's validation-chosen thresholds, over the labels with "
                "enough validation positives to have one.")
 stored_ensemble = next((c.card for c in cks if c.card.members), None)

@@ -191,6 +191,15 @@ def test_sample_png_fills_the_comparison(sample):
     assert any("unlike the training films" in w.value for w in at.warning)  # ood.json flags every image
 
 
+def test_a_model_that_did_not_converge_is_named_and_not_chosen_by_default(monkeypatch):
+    from cxrcore import benchmarks
+
+    monkeypatch.setattr(benchmarks, "not_converged", lambda card: "stuck" if card.id == "vit_scratch" else None)
+    at = start()
+    models = at.multiselect(key="models::nih14-local")
+    assert models.value == ["vanilla_cnn"] and "vit_scratch (did not converge)" in models.options
+
+
 def _in_page_order(node) -> list:
     """The page's elements, top to bottom (blocks walked in order)."""
     children = getattr(node, "children", None)

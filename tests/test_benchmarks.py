@@ -221,3 +221,33 @@ def test_a_seeds_tree_inside_the_checkpoint_root_is_not_taken_for_main_models(se
     everything = find(root)  # the main models and, below them, every seed
     groups = benchmarks.seed_checkpoints(everything, root / "seeds", "nih14-local")
     assert [c.path for c in groups["resnet18"]] == [c.path for c in made["resnet18"]]
+
+
+def _trained(card, best_epoch, epochs_run, val_ci):
+    import dataclasses
+    val = dataclasses.replace(card.metrics.val, auc_macro_ci=val_ci)
+    return dataclasses.replace(card, best_epoch=best_epoch, epochs_run=epochs_run,
+                               metrics=dataclasses.replace(card.metrics, val=val))
+
+
+@pytest.mark.parametrize("best, run, ci, why", [
+    (5, 9, (0.56, 0.66), None),
+    (1, 2, (0.56, 0.66), None),  # two epochs are too few to say it never improved
+    (1, 7, (0.53, 0.64), "epoch 1 of 7"),
+    (3, 9, (0.45, 0.55), "does not exclude chance"),
+])
+def test_a_model_did_not_converge_only_on_held_out_evidence(nih, best, run, ci, why):
+    card = _trained(next(c for c in nih if c.id == "resnet18").card, best, run, ci)
+    verdict = benchmarks.not_converged(card)
+    assert (verdict is None) if why is None else (why in verdict)
+
+
+def test_a_model_that_did_not_converge_is_marked_and_never_best_single(nih):
+    import dataclasses
+    best = benchmarks.best_single(nih)
+    stuck = dataclasses.replace(best, card=_trained(best.card, 1, 8, best.card.metrics.val.auc_macro_ci))
+    others = [c for c in nih if c.id != best.id]
+    assert benchmarks.best_single([stuck, *others]).id != best.id
+    row = benchmarks.table1_row(stuck)
+    assert row["converged"] == "no" and benchmarks.convergence_notes([stuck]) == [
+        f"{best.id}: best held-out AUC at epoch 1 of 8: later epochs never improved on it"]

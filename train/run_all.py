@@ -122,9 +122,10 @@ def trained_here(root: Path) -> dict[str, checkpoints.Checkpoint]:
 
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
-    """The default ensemble: the ENSEMBLE_SIZE shipped models with the best held-out AUC (out-of-fold or
-    validation, never test), so a fresh clone can rebuild every member."""
-    pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship]
+    """The default ensemble: the ENSEMBLE_SIZE shipped models that converged with the best held-out AUC (out-of-fold
+    or validation, never test), so a fresh clone can rebuild every member."""
+    pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship
+            and not benchmarks.not_converged(c.card)]
     return sorted(pool, key=lambda c: -benchmarks.held_out_auc(c.card))[:ENSEMBLE_SIZE]
 
 

@@ -349,6 +349,19 @@ class Card:
         """The command that rebuilds this checkpoint."""
         return self.rebuild_command or default_rebuild_command(self.id)
 
+    @property
+    def trained_precision(self) -> str | None:
+        """bf16 | fp16 | fp32 as trained; cards written before ``precision`` was recorded say it by ``bf16``."""
+        return self.precision or {True: "bf16", False: "fp32"}.get(self.bf16)
+
+    @property
+    def trained_threads(self) -> int | None:
+        """Intra-op threads the training ran with (older cards: read from ``hardware``, "..., N threads")."""
+        if isinstance(self.training_setup.get("threads"), int):
+            return self.training_setup["threads"]
+        found = re.search(r"(\d+) threads", self.hardware or "")
+        return int(found.group(1)) if found else None
+
     def to_dict(self) -> dict:
         """The card as card.json holds it (plain JSON values; unknown fields read in kept, after the known ones)."""
         out = {}

@@ -156,3 +156,14 @@ def test_a_card_built_in_code_is_checked_when_saved(tmp_path, raw):
     with pytest.raises(CardError, match="thresholds.youden_val"):
         checkpoints.save(tmp_path / "m", None, bad, {})
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("fields, precision, threads", [
+    ({"bf16": False, "hardware": "x86_64, 2 cores, 2 threads"}, "fp32", 2),  # cards before precision was recorded
+    ({"bf16": True, "hardware": "x86_64, 2 cores, 1 threads"}, "bf16", 1),
+    ({"bf16": True, "precision": "fp16", "training_setup": {"threads": 8}, "hardware": "cuda"}, "fp16", 8),
+    ({"bf16": None, "hardware": None}, None, None),
+])
+def test_the_training_precision_and_threads_a_rebuild_needs(raw, fields, precision, threads):
+    card = Card.from_dict({**{k: v for k, v in raw.items() if k not in ("precision", "training_setup")}, **fields})
+    assert (card.trained_precision, card.trained_threads) == (precision, threads)

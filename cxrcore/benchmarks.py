@@ -45,7 +45,7 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
         "test_auc_ci": f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else None,
         "epochs": c.epochs_run,
         "best_epoch": c.best_epoch,
-        "converged": "no" if not_converged(c) else "yes",
+        "converged": "no" if c.not_converged else "yes",
         "train_minutes": round(c.train_seconds / 60, 1),
         # pinned in the tree's MANIFEST.json: what the repository ships; an ensemble, all its members
         "weights_shipped": all(checkpoints.is_pinned(ck.path.parent / i) for i in c.members or [c.id]),
@@ -181,35 +181,9 @@ def write_tables(root: Path) -> None:
     (root / "benchmarks.md").write_text(markdown(rows, columns) + "\n")
 
 
-def held_out_auc(card: Card) -> float:
-    """The macro AUC a model is ranked by when choosing: pooled out-of-fold when cross-validated, else validation;
-    never test."""
-    oof = card.metrics.extra.get("oof")
-    return oof["auc_macro"] if oof else card.metrics.val.auc_macro
-
-
-def held_out_ci(card: Card) -> tuple[float, float] | None:
-    """The bootstrap CI of :func:`held_out_auc`, where the card stores one."""
-    oof = card.metrics.extra.get("oof")
-    ci = oof.get("auc_macro_ci") if oof else card.metrics.val.auc_macro_ci
-    return tuple(ci) if ci else None
-
-
-def not_converged(card: Card) -> str | None:
-    """Why a model did not learn, judged on held-out figures only (never test), or None. Such a model is shown as
-    "did not converge", never ranked or chosen as an architecture's result: its held-out AUC does not exclude chance,
-    or its best held-out epoch was the first of three or more (training never improved on one epoch)."""
-    ci = held_out_ci(card)
-    if ci and ci[0] <= 0.5:
-        return f"held-out AUC {held_out_auc(card):.3f} (CI {ci[0]:.3f}-{ci[1]:.3f}) does not exclude chance"
-    if card.best_epoch == 1 and (card.epochs_run or 0) >= 3:
-        return f"best held-out AUC at epoch 1 of {card.epochs_run}: later epochs never improved on it"
-    return None
-
-
 def convergence_notes(cks: Sequence[checkpoints.Checkpoint]) -> list[str]:
-    """One line per model that did not converge (:func:`not_converged`), for the tables' readers."""
-    return [f"{c.id}: {why}" for c in cks if (why := not_converged(c.card))]
+    """One line per model that did not converge (:attr:`Card.not_converged`), for the tables' readers."""
+    return [f"{c.id}: {why}" for c in cks if (why := c.card.not_converged)]
 
 
 CONVERGENCE_NOTE = ("Did not converge (judged on held-out figures; shown for completeness, not as its architecture's "
@@ -217,10 +191,10 @@ CONVERGENCE_NOTE = ("Did not converge (judged on held-out figures; shown for com
 
 
 def best_single(cks: list[checkpoints.Checkpoint], exclude: tuple[str, ...] = ("ensemble", "medmnist_baseline")):
-    """The single model with the highest held-out AUC (:func:`held_out_auc`; never test), among those that learned
-    (:func:`not_converged`)."""
-    pool = [c for c in cks if c.id not in exclude and not not_converged(c.card)]
-    return max(pool, key=lambda c: held_out_auc(c.card)) if pool else None
+    """The single model with the highest held-out AUC (:attr:`Card.held_out_auc`; never test), among those that
+    learned (:attr:`Card.not_converged`)."""
+    pool = [c for c in cks if c.id not in exclude and not c.card.not_converged]
+    return max(pool, key=lambda c: c.card.held_out_auc) if pool else None
 
 
 def baseline_comparison(cks: list[checkpoints.Checkpoint], n_boot: int = 1000) -> list[dict]:
@@ -316,9 +290,10 @@ def ranking_claim(a: Sequence[checkpoints.Checkpoint], b: Sequence[checkpoints.C
 
 def ranking_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]], n_boot: int = 1000) -> list[dict]:
     """:func:`ranking_claim` for each neighbouring pair of models ordered by mean test AUC over seeds (models with
-    stored predictions that converged, :func:`not_converged`): the ranking claims a table may make, and where it may not."""
+    stored predictions that converged, :attr:`Card.not_converged`): the ranking claims a table may make, and where
+    it may not."""
     pool = {m: list(cks) for m, cks in groups.items()
-            if all(c.has_predictions for c in cks) and not not_converged(cks[0].card)}
+            if all(c.has_predictions for c in cks) and not cks[0].card.not_converged}
     order = sorted(pool, key=lambda m: -np.mean([c.card.metrics.test.auc_macro for c in pool[m]]))
     return [ranking_claim(pool[a], pool[b], n_boot) for a, b in zip(order, order[1:])]
 

@@ -350,6 +350,33 @@ class Card:
         return self.rebuild_command or default_rebuild_command(self.id)
 
     @property
+    def held_out_auc(self) -> float:
+        """The macro AUC a model is ranked and chosen by: pooled out-of-fold when cross-validated, else validation;
+        never test."""
+        oof = self.metrics.extra.get("oof")
+        return oof["auc_macro"] if oof else self.metrics.val.auc_macro
+
+    @property
+    def held_out_ci(self) -> tuple[float, float] | None:
+        """The bootstrap CI of :attr:`held_out_auc`, where the card stores one."""
+        oof = self.metrics.extra.get("oof")
+        ci = oof.get("auc_macro_ci") if oof else self.metrics.val.auc_macro_ci
+        return tuple(ci) if ci else None
+
+    @property
+    def not_converged(self) -> str | None:
+        """Why the model did not learn, judged on held-out figures only (never test), or None: its held-out AUC CI
+        does not exclude chance, or its best held-out epoch was the first of three or more (training never improved
+        on one epoch). Such a model is shown as "did not converge", never ranked or chosen as its architecture's
+        result."""
+        ci = self.held_out_ci
+        if ci and ci[0] <= 0.5:
+            return f"held-out AUC {self.held_out_auc:.3f} (CI {ci[0]:.3f}-{ci[1]:.3f}) does not exclude chance"
+        if self.best_epoch == 1 and (self.epochs_run or 0) >= 3:
+            return f"best held-out AUC at epoch 1 of {self.epochs_run}: later epochs never improved on it"
+        return None
+
+    @property
     def trained_precision(self) -> str | None:
         """bf16 | fp16 | fp32 as trained; cards written before ``precision`` was recorded say it by ``bf16``."""
         return self.precision or {True: "bf16", False: "fp32"}.get(self.bf16)

@@ -80,6 +80,8 @@ def card_limits(ck: Checkpoint) -> list[str]:
     entry = datasets.find(d.name)
     out += list(entry.limits if entry else ())
     out += [f"Checkpoint note: {n}." for n in ck.notes]
+    if why := c.not_converged:
+        out.append(f"Did not converge: {why}. Its scores are not its architecture's result.")
     if not ck.has_weights and c.id != ENSEMBLE:
         out.append("Weights are not shipped: the card and stored predictions are shown, but it cannot read uploads.")
     return out

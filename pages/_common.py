@@ -85,9 +85,9 @@ def loadable(root: str, dataset: str) -> list[str]:
 
 
 def not_converged(root: str, dataset: str) -> dict[str, str]:
-    """The task's models that did not learn (:func:`benchmarks.not_converged`), with why: selectable, not chosen by
+    """The task's models that did not learn (:attr:`Card.not_converged`), with why: selectable, not chosen by
     default, and named as such wherever they are listed."""
-    return {c.id: why for c in task_checkpoints(root, dataset) if (why := benchmarks.not_converged(c.card))}
+    return {c.id: why for c in task_checkpoints(root, dataset) if (why := c.card.not_converged)}
 
 
 def problems(root: str, dataset: str) -> dict[str, str]:

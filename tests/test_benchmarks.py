@@ -238,7 +238,7 @@ def _trained(card, best_epoch, epochs_run, val_ci):
 ])
 def test_a_model_did_not_converge_only_on_held_out_evidence(nih, best, run, ci, why):
     card = _trained(next(c for c in nih if c.id == "resnet18").card, best, run, ci)
-    verdict = benchmarks.not_converged(card)
+    verdict = card.not_converged
     assert (verdict is None) if why is None else (why in verdict)
 
 

@@ -29,6 +29,13 @@ def test_card_sections_and_limits_are_readable(nih):
     assert dict(cards.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"
 
 
+def test_a_model_that_did_not_converge_says_so_in_its_limits(nih):
+    ck = next(c for c in nih if c.id == "vanilla_cnn")
+    assert not any("Did not converge" in line for line in cards.card_limits(ck))
+    stuck = replace(ck, card=replace(ck.card, best_epoch=1, epochs_run=6))
+    assert any(line.startswith("Did not converge: best held-out AUC at epoch 1 of 6") for line in cards.card_limits(stuck))
+
+
 def test_a_lora_card_names_its_frozen_base(nih):
     ck = next(c for c in nih if c.id == "vit_scratch")
     base = {"id": "vit_scratch", "path": "pneumoniamnist-local/vit_scratch", "kind": "checkpoint",

@@ -125,8 +125,8 @@ def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoin
     """The default ensemble: the ENSEMBLE_SIZE shipped models that converged with the best held-out AUC (out-of-fold
     or validation, never test), so a fresh clone can rebuild every member."""
     pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship
-            and not benchmarks.not_converged(c.card)]
-    return sorted(pool, key=lambda c: -benchmarks.held_out_auc(c.card))[:ENSEMBLE_SIZE]
+            and not c.card.not_converged]
+    return sorted(pool, key=lambda c: -c.card.held_out_auc)[:ENSEMBLE_SIZE]
 
 
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:

@@ -166,6 +166,9 @@ def test_seed_rows_give_mean_and_sample_sd_of_test_auc(seeded):
     aucs = [c.card.metrics.test.auc_macro for c in made["vanilla_cnn"]]
     assert row["seeds"] == 3 and row["test_auc_mean"] == pytest.approx(np.mean(aucs))
     assert row["test_auc_sd"] == pytest.approx(np.std(aucs, ddof=1)) and row["oof_auc_mean"] is None
+    vals = [c.card.metrics.val.auc_macro for c in made["vanilla_cnn"]]
+    assert row["val_auc_seed0"] == vals[0] and row["val_auc_others"] == pytest.approx(np.mean(vals[1:]))
+    assert row["commits"] == len({c.card.git_commit for c in made["vanilla_cnn"]}) >= 1
     assert benchmarks.seed_summary([0.6])["sd"] is None  # one seed has no spread
 
 

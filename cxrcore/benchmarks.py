@@ -14,7 +14,8 @@ import numpy as np
 
 from . import checkpoints, curves, localisation, metrics, published
 from .card import Card
-from .runs import stored_groups
+from .data import REPO_ROOT
+from .runs import pretrain_root, seeds_root, stored_groups
 from .task import is_multilabel, label_columns
 from .task import kind_of
 
@@ -303,6 +304,55 @@ def ranking_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]], n_boot:
     return [ranking_claim(pool[a], pool[b], n_boot) for a, b in zip(order, order[1:])]
 
 
+# ---- chest X-ray pretraining against random init --------------------------------------------------------------
+
+PRETRAIN_COLUMNS = ["model", "base", "init_main", "recipe_change", "val_auc_main", "val_auc_pretrained", "val_gain",
+                    "test_auc_main", "test_auc_pretrained", "test_gain"]
+RECIPE_KEYS = ("lr", "epochs", "patience", "weight_decay", "batch_size")
+PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the project's own checkpoint of another task) "
+                 "against the task's own model of that id, same split and precision; recipe_change: what the zoo's "
+                 "recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and more "
+                 "epochs). The init a task ships is chosen on the held-out gain only; the seeds table shows how far "
+                 "validation AUC moves with the seed alone.")
+
+
+def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
+    """Per fine-tuned model under ``<root>/<dataset>/from-<base>/<id>``: its held-out and test AUC beside the main
+    checkpoint of the same id, and the gains."""
+    folder = Path(root) / dataset if root is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    by_id = {c.id: c.card for c in main if not c.card.members}
+    rows = []
+    for ck in checkpoints.find(folder):
+        base = by_id.get(ck.id)
+        if base is None or not ck.path.parent.name.startswith("from-") or ck.card.metrics.test is None:
+            continue
+        test = base.metrics.test.auc_macro if base.metrics.test else None
+        change = ", ".join(f"{k} {base.hparams.get(k)} -> {ck.card.hparams.get(k)}" for k in RECIPE_KEYS
+                           if k in ck.card.hparams and base.hparams.get(k) != ck.card.hparams.get(k))
+        if base.trained_precision != ck.card.trained_precision:
+            change = ", ".join(filter(None, [change, f"precision {base.trained_precision} -> "
+                                                     f"{ck.card.trained_precision}"]))
+        rows.append({"model": ck.id, "base": ck.card.init.source, "init_main": base.init.kind,
+                     "recipe_change": change or "none",
+                     "val_auc_main": base.held_out_auc, "val_auc_pretrained": ck.card.held_out_auc,
+                     "val_gain": ck.card.held_out_auc - base.held_out_auc, "test_auc_main": test,
+                     "test_auc_pretrained": ck.card.metrics.test.auc_macro,
+                     "test_gain": None if test is None else ck.card.metrics.test.auc_macro - test})
+    return rows
+
+
+def pretraining_section(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[str]:
+    rows = pretraining_rows(main, root, dataset)
+    if not rows:
+        return []
+    commands = sorted({c.card.rebuild for c in checkpoints.find(Path(root) / dataset)})
+    return ["### Chest X-ray pretraining against random init", "", PRETRAIN_NOTE, "",
+            markdown(rows, PRETRAIN_COLUMNS), "", "Commands (each base's own card gives the command that built it):",
+            "", *[f"- `{c}`" for c in commands], ""]
+
+
 def limits_text(card: Card) -> list[str]:
     d = card.dataset
     prev = d.prevalence
@@ -437,9 +487,11 @@ def seed_section(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
             markdown(rows, SEED_COLUMNS), "", markdown(claims), ""]
 
 
-def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_root: Path | None = None) -> None:
+def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_root: Path | None = None,
+                 pretrain_root: Path | None = None) -> None:
     """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), seeds
-    (under ``seeds_root``), the learning curve (points under ``curves_root``) and the published numbers beside."""
+    (under ``seeds_root``), pretraining against random init (under ``pretrain_root``), the learning curve (points
+    under ``curves_root``) and the published numbers beside."""
     groups: dict[str, list[checkpoints.Checkpoint]] = {}
     for c in checkpoints.find(root):
         groups.setdefault(c.dataset, []).append(c)
@@ -469,6 +521,7 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap of test AUC over patients)", "",
                     markdown(comparison), ""]
         out += seed_section(cks, seeds_root, name)
+        out += pretraining_section(cks, pretrain_root, name)
         if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)
@@ -491,3 +544,10 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
         out += localisation_section(root, name)
         out += published_section(name)
     path.write_text("\n".join(out) + "\n")
+
+
+def write_project_report() -> None:
+    """The project's BENCHMARKS.md: every task under checkpoints/, with its learning curves, seeds and pretraining
+    comparisons (what ``run_all.py`` and ``calibrate.py`` regenerate after changing any card)."""
+    write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root(), seeds_root(),
+                 pretrain_root())

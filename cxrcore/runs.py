@@ -144,6 +144,13 @@ def seeds_root() -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def pretrain_root() -> Path:
+    """``pretrain/`` beside ``checkpoints/``: chest X-ray pretraining bases (``<base dataset>-<size>/<id>``) and the
+    models fine-tuned from them to compare with random init (``<dataset>/from-<base folder>/<id>``); cards,
+    predictions and histories, no weights."""
+    return REPO_ROOT / "pretrain"
+
+
 def seed_root(root: Path, dataset: str, k: int) -> Path:
     """Checkpoint root of seed ``k`` (1, 2, ...; seed 0 is the main model): ``<root>/<dataset>/seed<k>/<id>``."""
     return Path(root) / dataset / f"seed{k}"

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cxrcore import benchmarks, cards, localisation, published
 from cxrcore.curves import curves_root
-from cxrcore.runs import seeds_root
+from cxrcore.runs import pretrain_root, seeds_root
 from cxrcore.task import kind_of
 from pages import _common as ui
 
@@ -73,6 +73,11 @@ if seed_rows:
     st.caption(benchmarks.SEED_NOTE)
     st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
     st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
+pretrained = benchmarks.pretraining_rows(cks, pretrain_root(), sel.dataset)
+if pretrained:
+    st.subheader("Chest X-ray pretraining against random init")
+    st.caption(benchmarks.PRETRAIN_NOTE)
+    st.dataframe(pd.DataFrame(pretrained, columns=benchmarks.PRETRAIN_COLUMNS).set_index("model"))
 
 per_label, curves, prevalence, calibration, confusion, learning = st.tabs(
     ["Per-label metrics", "Training curves", "Label prevalence", "Calibration", "Confusion matrices",

@@ -254,3 +254,19 @@ def test_a_model_that_did_not_converge_is_marked_and_never_best_single(nih):
     row = benchmarks.table1_row(stuck)
     assert row["converged"] == "no" and benchmarks.convergence_notes([stuck]) == [
         f"{best.id}: best held-out AUC at epoch 1 of 8: later epochs never improved on it"]
+
+
+def test_pretraining_rows_set_each_fine_tuned_model_beside_the_tasks_own(tmp_path):
+    from helpers import fake_checkpoint
+
+    main = [fake_checkpoint(tmp_path / "checkpoints", m, seed=s) for m, s in (("resnet18", 1), ("vanilla_cnn", 2))]
+    tuned = fake_checkpoint(tmp_path / "pretrain" / "nih14-local" / "from-kermany-pneumonia-64", "resnet18", seed=3)
+    rows = benchmarks.pretraining_rows(main, tmp_path / "pretrain", "nih14-local")
+    assert [r["model"] for r in rows] == ["resnet18"]  # vanilla_cnn has no pretrained twin
+    r = rows[0]
+    assert r["val_auc_main"] == main[0].card.metrics.val.auc_macro
+    assert r["test_gain"] == pytest.approx(tuned.card.metrics.test.auc_macro - main[0].card.metrics.test.auc_macro)
+    assert r["val_gain"] == pytest.approx(tuned.card.metrics.val.auc_macro - main[0].card.metrics.val.auc_macro)
+    assert benchmarks.pretraining_rows(main, tmp_path / "pretrain", "pneumoniamnist-local") == []
+    section = "\n".join(benchmarks.pretraining_section(main, tmp_path / "pretrain", "nih14-local"))
+    assert "Chest X-ray pretraining against random init" in section and tuned.card.rebuild in section

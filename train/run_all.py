@@ -227,14 +227,13 @@ def main(argv: list[str] | None = None) -> int:
             print(evaluation.line(folder, test))
     if a.train_sizes:
         if a.out is None and not a.quick:  # the project's own curves: BENCHMARKS.md shows them
-            benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root())
+            benchmarks.write_project_report()
         print(f"learning-curve points written under {runs[0][0].parent}")
         return 0
     fit_ood_detectors([c for c in benchmarks.direct(out) if c.has_weights and c.id != "ensemble"], data)
     benchmarks.write_tables(out)
     if a.out is None and not a.quick:  # the project's own checkpoints: BENCHMARKS.md reports them
-        benchmarks.write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root(),
-                                seeds_root())
+        benchmarks.write_project_report()
     print(f"tables written to {out}")
     return 0
 

@@ -465,7 +465,8 @@ def published_section(dataset: str) -> list[str]:
 SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beats every seed of the other and the "
              "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0. val_auc_seed0: "
              "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
-             "val_auc_others: the other seeds' mean (the gap is what that choice flattered it by). commits: how "
+             "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
+             "commits: how "
              "many code versions trained the seeds (more than one: the spread includes code changes).")
 
 

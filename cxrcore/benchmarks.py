@@ -466,8 +466,7 @@ SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beat
              "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0. val_auc_seed0: "
              "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
              "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
-             "commits: how "
-             "many code versions trained the seeds (more than one: the spread includes code changes).")
+             "commits: how many code versions trained the seeds (more than one: the spread includes code changes).")
 
 
 def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,

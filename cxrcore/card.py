@@ -262,6 +262,11 @@ class SplitMetrics:
                    per_label=_per_label(d.get("per_label", {}), labels, f"{where}.per_label"),
                    extra=_rest(d, _names(cls)))
 
+    @property
+    def ci_unit(self) -> str:
+        """What the AUC's bootstrap resampled: "patient" where the split names patients, else "image"."""
+        return self.extra.get("auc_macro_ci_bootstrap", {}).get("unit", "image")
+
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in _names(type(self))}
         d["auc_macro_ci"] = list(self.auc_macro_ci) if self.auc_macro_ci else None

@@ -44,8 +44,7 @@ not_learned = benchmarks.convergence_notes(cks)
 if not_learned:
     st.warning(benchmarks.CONVERGENCE_NOTE + "\n\n" + "\n".join(f"- {n}" for n in not_learned),
                icon=":material/block:")
-unit = (cks[0].card.metrics.test.extra.get("auc_macro_ci_bootstrap", {}).get("unit", "image")
-        if cks[0].card.metrics.test else "image")
+unit = cks[0].card.metrics.test.ci_unit if cks[0].card.metrics.test else "image"
 if multiclass:
     st.caption("One class per image, called by the highest probability. AUC: one-vs-rest ROC AUC averaged over classes "
                f"(MedMNIST's getAUC), 95 % bootstrap CI over test {unit}s; accuracy, macro precision, recall and F1 of "

@@ -167,3 +167,10 @@ def test_a_card_built_in_code_is_checked_when_saved(tmp_path, raw):
 def test_the_training_precision_and_threads_a_rebuild_needs(raw, fields, precision, threads):
     card = Card.from_dict({**{k: v for k, v in raw.items() if k not in ("precision", "training_setup")}, **fields})
     assert (card.trained_precision, card.trained_threads) == (precision, threads)
+
+
+def test_the_ci_unit_says_what_the_bootstrap_resampled(raw):
+    card = Card.from_dict(raw)
+    assert card.metrics.test.ci_unit == raw["metrics"]["test"]["auc_macro_ci_bootstrap"]["unit"] == "patient"
+    del raw["metrics"]["test"]["auc_macro_ci_bootstrap"]
+    assert Card.from_dict(raw).metrics.test.ci_unit == "image"  # older cards: images

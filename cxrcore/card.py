@@ -358,8 +358,12 @@ class Card:
     def held_out_auc(self) -> float:
         """The macro AUC a model is ranked and chosen by: pooled out-of-fold when cross-validated, else validation;
         never test."""
-        oof = self.metrics.extra.get("oof")
-        return oof["auc_macro"] if oof else self.metrics.val.auc_macro
+        return self.metrics.extra["oof"]["auc_macro"] if self.cross_validated else self.metrics.val.auc_macro
+
+    @property
+    def cross_validated(self) -> bool:
+        """Whether the held-out figures are pooled out-of-fold ones (``metrics.oof``), not validation ones."""
+        return bool(self.metrics.extra.get("oof"))
 
     @property
     def held_out_ci(self) -> tuple[float, float] | None:

@@ -19,13 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import calibration, checkpoints, metrics
+from . import checkpoints, metrics
 from .card import Card
 from .data import Dataset
 from .engine import TrainConfig, clear_resume, fit, predict, Prepared, seed_everything
 from .pretrained import build
-from .runs import TEST_READ_ONCE, Served, fit_serving, group_codes, make_card
-from .task import is_multilabel, label_columns
+from .runs import TEST_READ_ONCE, make_card, oof_served, oof_shift
+from .task import label_columns
 from .zoo import get_spec
 
 
@@ -93,37 +93,6 @@ def choose_epochs(auc_by_epoch: np.ndarray, smooth: int = 3) -> int:
         padded = np.pad(a, pad, mode="edge")
         a = np.convolve(padded, np.ones(smooth) / smooth, mode="valid")[: len(auc_by_epoch)]
     return int(np.nanargmax(a)) + 1
-
-
-def oof_shift(pos_weight, labels: np.ndarray, task: str) -> list[float] | None:
-    """The pos-weight prior correction of a model trained on the pool (multi-label only)."""
-    if not is_multilabel(task):
-        return None
-    return calibration.prior_shift(pos_weight, [int(v) for v in np.asarray(labels).sum(0)], len(labels))
-
-
-def oof_served(labels: np.ndarray, oof_raw: np.ndarray, val_rows: np.ndarray, test_raw: np.ndarray,
-               test_labels: np.ndarray, task: str, names: list[str], shift: list[float] | None, n_boot: int = 1000,
-               groups: np.ndarray | None = None, test_groups: np.ndarray | None = None) -> Served:
-    """Calibration and thresholds fitted on the pooled out-of-fold raw probabilities (``labels``/``oof_raw``: every
-    train + val image, ``val_rows`` the validation ones), applied to the shipped model's test probabilities (stored,
-    not scored). ``metrics.val`` holds the validation images' OOF predictions, ``metrics.oof`` all of them (CIs over
-    ``groups``, the pool's patients). What ``cross_validate`` and ``train/calibrate.py`` both store."""
-    cal, points = fit_serving(labels, oof_raw, task, shift, fitted_on="oof")
-    oof_cal, test_cal = cal.apply(oof_raw), cal.apply(test_raw)
-    th = [q.value for q in points]
-    g = None if groups is None else group_codes(groups)
-    block = {"val": metrics.summarize(labels[val_rows], oof_cal[val_rows], names, task, th, n_boot,
-                                      None if g is None else g[val_rows]),
-             "oof": metrics.summarize(labels, oof_cal, names, task, th, n_boot, g)}
-    codes = {} if g is None else {"oof_groups": g, "val_groups": g[val_rows]}
-    if test_groups is not None:
-        codes["test_groups"] = group_codes(test_groups)
-    preds = {"val_probs": oof_cal[val_rows], "val_labels": labels[val_rows], "test_probs": test_cal,
-             "test_labels": test_labels, "val_raw_probs": oof_raw[val_rows], "test_raw_probs": test_raw,
-             "oof_probs": oof_cal, "oof_labels": labels, "oof_raw_probs": oof_raw, **codes}
-    return Served(cal.to_dict(), {"youden_val": [q.threshold for q in points]},
-                  {"youden_val": [q.to_dict() for q in points]}, block, preds)
 
 
 # ---- the cross-validated training run ------------------------------------------------------------------------------

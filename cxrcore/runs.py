@@ -134,6 +134,39 @@ def served_outputs(raw: Mapping[str, np.ndarray], task: str, label_names: list[s
                   {"youden_val": [p.to_dict() for p in points]}, block, preds)
 
 
+def oof_shift(pos_weight, labels: np.ndarray, task: str) -> list[float] | None:
+    """The pos-weight prior correction of a model trained on the cross-validation pool (multi-label only)."""
+    if not is_multilabel(task):
+        return None
+    return calibration.prior_shift(pos_weight, [int(v) for v in np.asarray(labels).sum(0)], len(labels))
+
+
+def oof_served(labels: np.ndarray, oof_raw: np.ndarray, val_rows: np.ndarray, test_raw: np.ndarray,
+               test_labels: np.ndarray, task: str, names: list[str], shift: list[float] | None, n_boot: int = 1000,
+               groups: np.ndarray | None = None, test_groups: np.ndarray | None = None,
+               calibrate: bool = True) -> Served:
+    """Calibration and thresholds fitted on the pooled out-of-fold raw probabilities (``labels``/``oof_raw``: every
+    train + val image, ``val_rows`` the validation ones), applied to the shipped model's test probabilities (stored,
+    not scored). ``metrics.val`` holds the validation images' OOF predictions, ``metrics.oof`` all of them (CIs over
+    ``groups``, the pool's patients). What ``cross_validate``, ``train/calibrate.py`` and a cross-validated ensemble
+    (``calibrate=False``: the mean of calibrated members is served as it is) store."""
+    cal, points = fit_serving(labels, oof_raw, task, shift, calibrate, fitted_on="oof")
+    oof_cal, test_cal = (cal.apply(oof_raw), cal.apply(test_raw)) if cal else (oof_raw, test_raw)
+    th = [q.value for q in points]
+    g = None if groups is None else group_codes(groups)
+    block = {"val": metrics.summarize(labels[val_rows], oof_cal[val_rows], names, task, th, n_boot,
+                                      None if g is None else g[val_rows]),
+             "oof": metrics.summarize(labels, oof_cal, names, task, th, n_boot, g)}
+    codes = {} if g is None else {"oof_groups": g, "val_groups": g[val_rows]}
+    if test_groups is not None:
+        codes["test_groups"] = group_codes(test_groups)
+    preds = {"val_probs": oof_cal[val_rows], "val_labels": labels[val_rows], "test_probs": test_cal,
+             "test_labels": test_labels, "val_raw_probs": oof_raw[val_rows], "test_raw_probs": test_raw,
+             "oof_probs": oof_cal, "oof_labels": labels, "oof_raw_probs": oof_raw, **codes}
+    return Served(cal.to_dict() if cal else None, {"youden_val": [q.threshold for q in points]},
+                  {"youden_val": [q.to_dict() for q in points]}, block, preds)
+
+
 SEEDS_ENV = "CXR_SEEDS"
 
 
@@ -281,11 +314,21 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     return card
 
 
+def shared_oof(preds: list[Mapping[str, np.ndarray]]) -> bool:
+    """Whether every member was cross-validated on the same pool with the same folds, so their out-of-fold
+    predictions can be averaged image by image (the ensemble is then chosen and thresholded out of fold too)."""
+    first = preds[0]
+    return all("oof_probs" in p and "oof_folds" in p and np.array_equal(p["oof_labels"], first["oof_labels"])
+               and np.array_equal(p["oof_folds"], first["oof_folds"]) for p in preds)
+
+
 def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,
                    n_boot: int = 1000, groups: Mapping[str, np.ndarray] | None = None) -> Card:
     """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions
     (``groups``: split -> patient id per image, for patient-level CIs; else the members' stored codes). Like a
-    trained model's, its card has no test metrics until :mod:`cxrcore.evaluation` reads the test split."""
+    trained model's, its card has no test metrics until :mod:`cxrcore.evaluation` reads the test split. When every
+    member was cross-validated on the same folds, its thresholds and held-out metrics come from the mean of their
+    pooled out-of-fold predictions (every train + val image) instead of the 167 validation images."""
     if not members:
         raise ValueError("an ensemble needs at least one member checkpoint")
     first = members[0].card
@@ -295,11 +338,24 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
         if m.card.dataset.split_checksum != first.dataset.split_checksum:
             raise ValueError(f"{m.id} was trained on other data than {first.id}; cannot ensemble")
     task, names = first.task, first.label_names
+    splits = ("val", "test", "oof") if shared_oof(preds) else ("val", "test")
     mean = {f"{s}_{kind}": np.mean([p[f"{s}_probs"] for p in views], axis=0) if kind != "labels" else
-            preds[0][f"{s}_labels"] for s in ("val", "test")
+            preds[0][f"{s}_labels"] for s in splits
             for kind, views in (("probs", preds), ("raw_probs", raws), ("labels", preds))}
-    mean.update({k: preds[0][k] for k in ("val_groups", "test_groups") if k in preds[0]})
-    served = served_outputs(mean, task, names, None, n_boot, calibrate=False, groups=groups)  # the mean of calibrated members
+    if "oof" in splits:  # the mean of calibrated members is served as it is (calibrate=False)
+        y, n_val = mean["oof_labels"], len(mean["val_labels"])
+        test_groups = groups["test"] if groups else preds[0].get("test_groups")
+        served = oof_served(y, mean["oof_probs"], np.arange(len(y) - n_val, len(y)), mean["test_probs"],
+                            mean["test_labels"], task, names, None, n_boot, preds[0].get("oof_groups"), test_groups,
+                            calibrate=False)
+        served = dataclasses.replace(served, predictions={
+            **served.predictions, "oof_folds": preds[0]["oof_folds"],
+            **{f"{s}_raw_probs": mean[f"{s}_raw_probs"].astype(np.float32) for s in splits}})
+        fitted_on = f"the mean calibrated out-of-fold probabilities of all {len(y)} train + val images"
+    else:
+        mean.update({k: preds[0][k] for k in ("val_groups", "test_groups") if k in preds[0]})
+        served = served_outputs(mean, task, names, None, n_boot, calibrate=False, groups=groups)
+        fitted_on = "the mean calibrated validation probabilities"
     card = Card(
         id="ensemble", arch="mean calibrated probability of " + ", ".join(m.id for m in members), family="ensemble",
         members=[m.id for m in members], order=1000, dataset=first.dataset, label_names=names, task=task,
@@ -313,7 +369,7 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
         extra={"operating_points": served.operating_points,
                "how_chosen": {"members": "by the caller, on held-out AUC (run_all.py: the best shipped models "
                                          "out of fold, else on validation) or by name",
-                              "thresholds": "Youden's J on the mean calibrated validation probabilities",
+                              "thresholds": f"Youden's J on {fitted_on}",
                               "metrics.test": TEST_READ_ONCE}},
     )
     return checkpoints.save(out_dir, None, card, served.predictions)

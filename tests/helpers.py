@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from cxrcore import checkpoints, evaluation, metrics
 from cxrcore.card import Card
 from cxrcore.ood import OOD_FILE, OODModel
-from cxrcore.runs import build_ensemble, label_columns, served_outputs
+from cxrcore.runs import build_ensemble, label_columns, oof_served, served_outputs
 from cxrcore.zoo import get_spec, list_models
 
 if TYPE_CHECKING:
@@ -74,14 +74,23 @@ def _split(n: int, labels: list[str], task: str, seed: int) -> tuple[np.ndarray,
 
 
 def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, ship: bool = True,
-                    seed: int = 0) -> checkpoints.Checkpoint:
-    """A randomly initialised zoo model saved like ``runs.train_one`` saves one: full card, predictions, history."""
+                    seed: int = 0, cv: bool = False) -> checkpoints.Checkpoint:
+    """A randomly initialised zoo model saved like ``runs.train_one`` saves one: full card, predictions, history;
+    ``cv``: as ``crossval.cross_validate`` saves one (5 folds over a pool of 400 train + 80 val images, held-out
+    figures out of fold)."""
     labels, task, size = TASKS[dataset]
     channels = CHANNELS.get(dataset, 1)
     spec = get_spec(model_id)
-    (y_val, p_val), (y_test, p_test) = _split(80, labels, task, seed), _split(120, labels, task, seed)
-    served = served_outputs({"val_probs": p_val, "val_labels": y_val, "test_probs": p_test, "test_labels": y_test},
-                            task, labels, None, n_boot=20)  # calibrated as runs.train_one does
+    y_test, p_test = _split(120, labels, task, seed)
+    if cv:  # the pool is train then val; every model of the pool shares its labels and folds
+        y_pool, p_pool = _split(480, labels, task, seed)
+        served = oof_served(y_pool, p_pool, np.arange(400, 480), p_test, y_test, task, labels, None, 20,
+                            np.arange(480) // 2)
+        served.predictions["oof_folds"] = np.arange(480) // 2 % 5
+    else:
+        y_val, p_val = _split(80, labels, task, seed)
+        served = served_outputs({"val_probs": p_val, "val_labels": y_val, "test_probs": p_test,
+                                 "test_labels": y_test}, task, labels, None, n_boot=20)  # as runs.train_one does
     block = dict(served.metrics)
     block["train_loss"], block["val_loss"] = 0.9, 0.95
     torch.manual_seed(seed)
@@ -103,6 +112,7 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
         "calibration": served.calibration, "operating_points": served.operating_points,
         "versions": {}, "git_commit": None, "created": "2024-01-01T00:00:00+00:00",
         "rebuild_command": f"python train/run_all.py --models {model_id}",
+        **({"cv": {"k": 5, "seed": 0}} if cv else {}),
     }
     history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_auc": 0.5 + e / 20,
                 "epoch_seconds": 10.0} for e in (1, 2, 3)]

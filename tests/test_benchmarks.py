@@ -270,3 +270,32 @@ def test_pretraining_rows_set_each_fine_tuned_model_beside_the_tasks_own(tmp_pat
     assert benchmarks.pretraining_rows(main, tmp_path / "pretrain", "pneumoniamnist-local") == []
     section = "\n".join(benchmarks.pretraining_section(main, tmp_path / "pretrain", "nih14-local"))
     assert "Chest X-ray pretraining against random init" in section and tuned.card.rebuild in section
+
+
+def test_held_out_aucs_are_ranked_only_against_their_own_kind(tmp_path):
+    """A validation AUC (a single split) is never ranked against an out-of-fold one: the cross-validated models
+    are the pool where any exist, even when a single-split model's validation AUC is higher."""
+    from helpers import fake_checkpoint
+
+    single = fake_checkpoint(tmp_path, "resnet18", seed=1)
+    cv = [fake_checkpoint(tmp_path, m, seed=s, cv=True) for m, s in (("vanilla_cnn", 2), ("cnn_small", 3))]
+    assert [c.id for c in benchmarks.rankable([single, *cv])] == ["vanilla_cnn", "cnn_small"]
+    assert benchmarks.rankable([single]) == [single]
+    best = max(cv, key=lambda c: c.card.held_out_auc)
+    assert benchmarks.best_single([single, *cv]).id == best.id
+    assert all(c.card.cross_validated for c in cv) and not single.card.cross_validated
+
+
+def test_a_kept_single_split_seed0_heads_its_seeds_row_and_is_the_pretraining_baseline(tmp_path):
+    """A model retrained cross-validated keeps its single-split seed 0 under seeds/<dataset>/seed0: the seeds row
+    and the pretraining comparison use it, so neither mixes recipes."""
+    from helpers import fake_checkpoint
+
+    main = [fake_checkpoint(tmp_path / "checkpoints", "resnet18", seed=1, cv=True)]
+    seeds = tmp_path / "seeds"
+    seed0 = fake_checkpoint(seeds / "nih14-local" / "seed0", "resnet18", seed=2)
+    seed1 = fake_checkpoint(seeds / "nih14-local" / "seed1", "resnet18", seed=3)
+    groups = benchmarks.seed_checkpoints(main, seeds, "nih14-local")
+    assert [c.path for c in groups["resnet18"]] == [seed0.path, seed1.path]
+    assert [c.path for c in benchmarks.single_split_seed0(main, seeds, "nih14-local")] == [seed0.path]
+    assert [c.path for c in benchmarks.single_split_seed0(main, None, "nih14-local")] == [main[0].path]

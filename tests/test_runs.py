@@ -98,3 +98,32 @@ def test_recipe_uses_the_from_scratch_overrides_only_without_pretrained_weights(
                                                                precision=here)
     assert recipe("mobilenet_v2").precision == "fp32" and recipe("resnet18", precision="fp32").precision == "fp32"
     assert recipe("resnet18", epochs=3).epochs == 3
+
+
+def test_an_ensemble_of_cross_validated_members_is_thresholded_out_of_fold(tmp_path):
+    from helpers import fake_checkpoint
+
+    from cxrcore.runs import build_ensemble
+
+    members = [fake_checkpoint(tmp_path, m, seed=s, cv=True) for m, s in (("vanilla_cnn", 1), ("cnn_small", 2))]
+    card = build_ensemble(members, tmp_path / "ensemble", "test", n_boot=20)
+    preds = checkpoints.read_predictions(tmp_path / "ensemble")
+    mean = np.mean([m.predictions()["oof_probs"] for m in members], axis=0)
+    np.testing.assert_allclose(preds["oof_probs"], mean, rtol=1e-6)
+    np.testing.assert_allclose(preds["val_probs"], mean[-80:], rtol=1e-6)  # the pool's last rows are val
+    assert card.cross_validated and card.metrics.extra["oof"]["n"] == 480
+    points = card.extra["operating_points"]["youden_val"]
+    pos = preds["oof_labels"].sum(0)
+    assert [q["positives"] for q in points] == [int(v) for v in pos]  # 480 images' positives, not 80's
+    assert "out-of-fold" in card.extra["how_chosen"]["thresholds"]
+
+
+def test_an_ensemble_with_a_single_split_member_is_thresholded_on_validation(tmp_path):
+    from helpers import fake_checkpoint
+
+    from cxrcore.runs import build_ensemble
+
+    members = [fake_checkpoint(tmp_path, "vanilla_cnn", seed=1, cv=True), fake_checkpoint(tmp_path, "cnn_small", seed=2)]
+    card = build_ensemble(members, tmp_path / "ensemble", "test", n_boot=20)
+    assert not card.cross_validated and "oof_probs" not in checkpoints.read_predictions(tmp_path / "ensemble")
+    assert "validation" in card.extra["how_chosen"]["thresholds"]

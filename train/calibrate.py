@@ -4,7 +4,7 @@
     python train/calibrate.py --root runs/quick
 
 Per model: the calibration is fitted on the stored raw held-out probabilities with the function training calls
-(``runs.served_outputs`` on validation; for a cross-validated card ``crossval.oof_served`` on the pooled out-of-fold
+(``runs.served_outputs`` on validation; for a cross-validated card ``runs.oof_served`` on the pooled out-of-fold
 ``oof_raw_probs``), the card gains ``calibration``, thresholds with their evidence and held-out metrics of the
 calibrated probabilities, and ``predictions.npz`` stores the calibrated probabilities under the usual keys with the
 raw ones beside them (``*_raw_probs``). Rerunning starts again from the raw ones. Each ensemble is then rebuilt from
@@ -24,11 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from cxrcore import benchmarks, checkpoints, crossval, evaluation, metrics  # noqa: E402
+from cxrcore import benchmarks, checkpoints, evaluation, metrics  # noqa: E402
 from cxrcore.calibration import prior_shift  # noqa: E402
 from cxrcore.data import REPO_ROOT  # noqa: E402
 from cxrcore.task import is_multilabel  # noqa: E402
-from cxrcore.runs import Served, build_ensemble, label_columns, raw_predictions, served_outputs, stored_groups  # noqa: E402
+from cxrcore.runs import (Served, build_ensemble, label_columns, oof_served, oof_shift, raw_predictions,  # noqa: E402
+                          served_outputs, stored_groups)  # noqa: E402
 
 ENSEMBLE = "ensemble"
 
@@ -44,10 +45,9 @@ def served_again(card: dict, raw: dict[str, np.ndarray], n_boot: int) -> tuple[S
     pos_weight = card.get("hparams", {}).get("pos_weight")
     if "oof_raw_probs" in raw:  # cross-validated: the pooled out-of-fold predictions, as cross_validate fits them
         y, n_val = raw["oof_labels"], len(raw["val_labels"])
-        served = crossval.oof_served(y, raw["oof_raw_probs"], np.arange(len(y) - n_val, len(y)),
-                                     raw["test_raw_probs"], raw["test_labels"], task, names,
-                                     crossval.oof_shift(pos_weight, y, task), n_boot, stored_groups(raw, "oof"),
-                                     stored_groups(raw, "test"))
+        served = oof_served(y, raw["oof_raw_probs"], np.arange(len(y) - n_val, len(y)), raw["test_raw_probs"],
+                            raw["test_labels"], task, names, oof_shift(pos_weight, y, task), n_boot,
+                            stored_groups(raw, "oof"), stored_groups(raw, "test"))
         return dataclasses.replace(served, predictions={**served.predictions, "oof_folds": raw["oof_folds"]}), "oof"
     shift = (prior_shift(pos_weight, d["prevalence"]["train"], d["counts"]["train"]) if is_multilabel(task) else None)
     return served_outputs(raw, task, names, shift, n_boot), "val"

@@ -65,7 +65,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--force", action="store_true", help="retrain even when the checkpoint is up to date")
     p.add_argument("--ensemble", nargs="*",
-                   help="members of the mean-probability ensemble (default: the 5 best by val AUC; none if empty)")
+                   help="members of the mean-probability ensemble (default: the 5 best by held-out AUC; none if empty)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few models, 1 epoch, a small real subset")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
                    help="training precision (default: the zoo's, else auto: what this hardware runs fast; recorded)")
@@ -122,11 +122,12 @@ def trained_here(root: Path) -> dict[str, checkpoints.Checkpoint]:
 
 
 def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
-    """The default ensemble: the ENSEMBLE_SIZE shipped models that converged with the best held-out AUC (out-of-fold
-    or validation, never test), so a fresh clone can rebuild every member."""
+    """The default ensemble: the ENSEMBLE_SIZE shipped models that converged with the best held-out AUC among those
+    ranked together (:func:`benchmarks.rankable`: out-of-fold where any are cross-validated, else validation; never
+    test), so a fresh clone can rebuild every member."""
     pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship
             and not c.card.not_converged]
-    return sorted(pool, key=lambda c: -c.card.held_out_auc)[:ENSEMBLE_SIZE]
+    return sorted(benchmarks.rankable(pool), key=lambda c: -c.card.held_out_auc)[:ENSEMBLE_SIZE]
 
 
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:

@@ -261,11 +261,13 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
     return out
 
 
-def single_split_seed0(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
-                       dataset: str) -> list[checkpoints.Checkpoint]:
-    """Each model's seed 0 of :func:`seed_checkpoints`: what a chest X-ray fine-tune (single split) is compared
-    with, so its gain is one of init, not of recipe."""
-    return [v[0] for v in seed_checkpoints(main, seeds_root, dataset).values()]
+def recipe_baselines(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
+                     dataset: str) -> list[checkpoints.Checkpoint]:
+    """Each model of the task in every recipe it was trained by: the shipped checkpoint and, where one is kept, its
+    single-split seed 0 (:func:`seed_checkpoints`), so a chest X-ray fine-tune is compared with the random-init run
+    of its own recipe and its gain is one of init only."""
+    kept = [v[0] for v in seed_checkpoints(main, seeds_root, dataset).values()]
+    return [*main, *(c for c in kept if all(c.path != m.path for m in main))]
 
 
 def seed_summary(values: Sequence[float]) -> dict:
@@ -329,26 +331,29 @@ def ranking_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]], n_boot:
 
 # ---- chest X-ray pretraining against random init --------------------------------------------------------------
 
-PRETRAIN_COLUMNS = ["model", "base", "init_main", "recipe_change", "val_auc_main", "val_auc_pretrained", "val_gain",
+PRETRAIN_COLUMNS = ["model", "recipe", "base", "init_main", "recipe_change", "val_auc_main", "val_auc_pretrained", "val_gain",
                     "test_auc_main", "test_auc_pretrained", "test_gain"]
+RECIPE_NAMES = {True: "cross-validated (out-of-fold)", False: "single split (validation)"}
 RECIPE_KEYS = ("lr", "epochs", "patience", "weight_decay", "batch_size")
 PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the project's own checkpoint of another task) "
-                 "against the task's own model of that id, same split and precision; recipe_change: what the zoo's "
+                 "against the task's own random-init model of that id and recipe (cross-validated against cross-validated, "
+                 "single split against single split), same precision; recipe_change: what the zoo's "
                  "recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and more "
                  "epochs). The init a task ships is chosen on the held-out gain only; the seeds table shows how far "
                  "validation AUC moves with the seed alone.")
 
 
 def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
-    """Per fine-tuned model under ``<root>/<dataset>/from-<base>/<id>``: its held-out and test AUC beside the main
-    checkpoint of the same id, and the gains."""
+    """Per fine-tuned model under ``<root>/<dataset>/from-<base>/<id>``: its held-out and test AUC beside the task's
+    own model of the same id and recipe (``main``: see :func:`recipe_baselines`; cross-validated against
+    cross-validated, single split against single split), and the gains."""
     folder = Path(root) / dataset if root is not None else None
     if folder is None or not folder.is_dir():
         return []
-    by_id = {c.id: c.card for c in main if not c.card.members}
+    by_recipe = {(c.id, c.card.cross_validated): c.card for c in main if not c.card.members}
     rows = []
     for ck in checkpoints.find(folder):
-        base = by_id.get(ck.id)
+        base = by_recipe.get((ck.id, ck.card.cross_validated))
         if base is None or not ck.path.parent.name.startswith("from-") or ck.card.metrics.test is None:
             continue
         test = base.metrics.test.auc_macro if base.metrics.test else None
@@ -357,7 +362,7 @@ def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, 
         if base.trained_precision != ck.card.trained_precision:
             change = ", ".join(filter(None, [change, f"precision {base.trained_precision} -> "
                                                      f"{ck.card.trained_precision}"]))
-        rows.append({"model": ck.id, "base": ck.card.init.source, "init_main": base.init.kind,
+        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated], "base": ck.card.init.source, "init_main": base.init.kind,
                      "recipe_change": change or "none",
                      "val_auc_main": base.held_out_auc, "val_auc_pretrained": ck.card.held_out_auc,
                      "val_gain": ck.card.held_out_auc - base.held_out_auc, "test_auc_main": test,
@@ -546,7 +551,7 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap of test AUC over patients)", "",
                     markdown(comparison), ""]
         out += seed_section(cks, seeds_root, name)
-        out += pretraining_section(single_split_seed0(cks, seeds_root, name), pretrain_root, name)
+        out += pretraining_section(recipe_baselines(cks, seeds_root, name), pretrain_root, name)
         if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)

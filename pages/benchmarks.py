@@ -72,7 +72,7 @@ if seed_rows:
     st.caption(benchmarks.SEED_NOTE)
     st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
     st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
-pretrained = benchmarks.pretraining_rows(benchmarks.single_split_seed0(cks, seeds_root(), sel.dataset), pretrain_root(),
+pretrained = benchmarks.pretraining_rows(benchmarks.recipe_baselines(cks, seeds_root(), sel.dataset), pretrain_root(),
                                           sel.dataset)
 if pretrained:
     st.subheader("Chest X-ray pretraining against random init")

@@ -286,7 +286,7 @@ def test_held_out_aucs_are_ranked_only_against_their_own_kind(tmp_path):
     assert all(c.card.cross_validated for c in cv) and not single.card.cross_validated
 
 
-def test_a_kept_single_split_seed0_heads_its_seeds_row_and_is_the_pretraining_baseline(tmp_path):
+def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their_own_recipe(tmp_path):
     """A model retrained cross-validated keeps its single-split seed 0 under seeds/<dataset>/seed0: the seeds row
     and the pretraining comparison use it, so neither mixes recipes."""
     from helpers import fake_checkpoint
@@ -297,5 +297,14 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_is_the_pretraining_ba
     seed1 = fake_checkpoint(seeds / "nih14-local" / "seed1", "resnet18", seed=3)
     groups = benchmarks.seed_checkpoints(main, seeds, "nih14-local")
     assert [c.path for c in groups["resnet18"]] == [seed0.path, seed1.path]
-    assert [c.path for c in benchmarks.single_split_seed0(main, seeds, "nih14-local")] == [seed0.path]
-    assert [c.path for c in benchmarks.single_split_seed0(main, None, "nih14-local")] == [main[0].path]
+    assert [c.path for c in benchmarks.recipe_baselines(main, seeds, "nih14-local")] == [main[0].path, seed0.path]
+    assert [c.path for c in benchmarks.recipe_baselines(main, None, "nih14-local")] == [main[0].path]
+    pre = tmp_path / "pretrain"
+    tuned = {cv: fake_checkpoint(pre / "nih14-local" / f"from-kermany-{cv}", "resnet18", seed=4 + cv, cv=bool(cv))
+             for cv in (0, 1)}
+    rows = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, seeds, "nih14-local"), pre, "nih14-local")
+    by_recipe = {r["recipe"]: r for r in rows}
+    cv_row, single_row = by_recipe[benchmarks.RECIPE_NAMES[True]], by_recipe[benchmarks.RECIPE_NAMES[False]]
+    assert cv_row["val_auc_main"] == main[0].card.held_out_auc
+    assert cv_row["val_auc_pretrained"] == tuned[1].card.held_out_auc
+    assert single_row["val_auc_main"] == seed0.card.metrics.val.auc_macro

@@ -331,14 +331,14 @@ def ranking_rows(groups: Mapping[str, Sequence[checkpoints.Checkpoint]], n_boot:
 
 # ---- chest X-ray pretraining against random init --------------------------------------------------------------
 
-PRETRAIN_COLUMNS = ["model", "recipe", "base", "init_main", "recipe_change", "val_auc_main", "val_auc_pretrained", "val_gain",
-                    "test_auc_main", "test_auc_pretrained", "test_gain"]
+PRETRAIN_COLUMNS = ["model", "recipe", "base", "init_main", "recipe_change", "held_out_auc_main",
+                    "held_out_auc_pretrained", "held_out_gain", "test_auc_main", "test_auc_pretrained", "test_gain"]
 RECIPE_NAMES = {True: "cross-validated (out-of-fold)", False: "single split (validation)"}
 RECIPE_KEYS = ("lr", "epochs", "patience", "weight_decay", "batch_size")
 PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the project's own checkpoint of another task) "
-                 "against the task's own random-init model of that id and recipe (cross-validated against cross-validated, "
-                 "single split against single split), same precision; recipe_change: what the zoo's "
-                 "recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and more "
+                 "against the task's own random-init model of that id and recipe (cross-validated against "
+                 "cross-validated, single split against single split), same precision; recipe_change: what the "
+                 "zoo's recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and more "
                  "epochs). The init a task ships is chosen on the held-out gain only; the seeds table shows how far "
                  "validation AUC moves with the seed alone.")
 
@@ -362,10 +362,11 @@ def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, 
         if base.trained_precision != ck.card.trained_precision:
             change = ", ".join(filter(None, [change, f"precision {base.trained_precision} -> "
                                                      f"{ck.card.trained_precision}"]))
-        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated], "base": ck.card.init.source, "init_main": base.init.kind,
+        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated], "base": ck.card.init.source,
+                     "init_main": base.init.kind,
                      "recipe_change": change or "none",
-                     "val_auc_main": base.held_out_auc, "val_auc_pretrained": ck.card.held_out_auc,
-                     "val_gain": ck.card.held_out_auc - base.held_out_auc, "test_auc_main": test,
+                     "held_out_auc_main": base.held_out_auc, "held_out_auc_pretrained": ck.card.held_out_auc,
+                     "held_out_gain": ck.card.held_out_auc - base.held_out_auc, "test_auc_main": test,
                      "test_auc_pretrained": ck.card.metrics.test.auc_macro,
                      "test_gain": None if test is None else ck.card.metrics.test.auc_macro - test})
     return rows

@@ -264,9 +264,9 @@ def test_pretraining_rows_set_each_fine_tuned_model_beside_the_tasks_own(tmp_pat
     rows = benchmarks.pretraining_rows(main, tmp_path / "pretrain", "nih14-local")
     assert [r["model"] for r in rows] == ["resnet18"]  # vanilla_cnn has no pretrained twin
     r = rows[0]
-    assert r["val_auc_main"] == main[0].card.metrics.val.auc_macro
+    assert r["held_out_auc_main"] == main[0].card.metrics.val.auc_macro
     assert r["test_gain"] == pytest.approx(tuned.card.metrics.test.auc_macro - main[0].card.metrics.test.auc_macro)
-    assert r["val_gain"] == pytest.approx(tuned.card.metrics.val.auc_macro - main[0].card.metrics.val.auc_macro)
+    assert r["held_out_gain"] == pytest.approx(tuned.card.metrics.val.auc_macro - main[0].card.metrics.val.auc_macro)
     assert benchmarks.pretraining_rows(main, tmp_path / "pretrain", "pneumoniamnist-local") == []
     section = "\n".join(benchmarks.pretraining_section(main, tmp_path / "pretrain", "nih14-local"))
     assert "Chest X-ray pretraining against random init" in section and tuned.card.rebuild in section
@@ -305,6 +305,6 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their
     rows = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, seeds, "nih14-local"), pre, "nih14-local")
     by_recipe = {r["recipe"]: r for r in rows}
     cv_row, single_row = by_recipe[benchmarks.RECIPE_NAMES[True]], by_recipe[benchmarks.RECIPE_NAMES[False]]
-    assert cv_row["val_auc_main"] == main[0].card.held_out_auc
-    assert cv_row["val_auc_pretrained"] == tuned[1].card.held_out_auc
-    assert single_row["val_auc_main"] == seed0.card.metrics.val.auc_macro
+    assert cv_row["held_out_auc_main"] == main[0].card.held_out_auc
+    assert cv_row["held_out_auc_pretrained"] == tuned[1].card.held_out_auc
+    assert single_row["held_out_auc_main"] == seed0.card.metrics.val.auc_macro

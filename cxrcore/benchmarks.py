@@ -21,8 +21,8 @@ from .task import kind_of
 
 
 TABLE1_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_sensitivity",
-                  "test_specificity", "val_auc", "test_auc", "test_auc_ci", "epochs", "best_epoch", "converged",
-                  "train_minutes", "weights_shipped"]
+                  "test_specificity", "val_auc", "held_out", "held_out_auc", "test_auc", "test_auc_ci", "epochs",
+                  "best_epoch", "converged", "train_minutes", "weights_shipped"]
 
 
 def _fmt(x: float | None, nd: int = 3) -> str:
@@ -42,12 +42,16 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
         "test_sensitivity": m.test.sensitivity_macro,
         "test_specificity": m.test.specificity_macro,
         "val_auc": m.val.auc_macro,
+        # what the model is ranked and chosen by: pooled out-of-fold (every train + val image) or validation
+        "held_out": "out-of-fold" if c.cross_validated else "validation",
+        "held_out_auc": c.held_out_auc,
         "test_auc": m.test.auc_macro,
         "test_auc_ci": f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else None,
         "epochs": c.epochs_run,
         "best_epoch": c.best_epoch,
         "converged": "no" if c.not_converged else "yes",
-        "train_minutes": round(c.train_seconds / 60, 1),
+        # a cross-validated model's cost is its folds and refit (wall), not the refit alone
+        "train_minutes": round((c.wall_seconds if c.cross_validated and c.wall_seconds else c.train_seconds) / 60, 1),
         # pinned in the tree's MANIFEST.json: what the repository ships; an ensemble, all its members
         "weights_shipped": all(checkpoints.is_pinned(ck.path.parent / i) for i in c.members or [c.id]),
     }
@@ -60,7 +64,8 @@ def table1(cks: list[checkpoints.Checkpoint]) -> list[dict]:
 # ---- multi-class tasks: argmax calls, macro averages, confusion matrices -------------------------------------------
 
 MULTICLASS_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_precision_macro",
-                      "test_recall_macro", "test_f1_macro", "val_auc", "test_auc", "test_auc_ci", "epochs",
+                      "test_recall_macro", "test_f1_macro", "val_auc", "held_out", "held_out_auc", "test_auc",
+                      "test_auc_ci", "epochs",
                       "best_epoch", "converged", "train_minutes", "weights_shipped"]
 
 

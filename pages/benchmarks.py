@@ -36,7 +36,10 @@ st.dataframe(table, column_config={
     "test_sensitivity": num("Test sens", format="%.3f"), "test_specificity": num("Test spec", format="%.3f"),
     "test_precision_macro": num("Test precision (macro)", format="%.3f"),
     "test_recall_macro": num("Test recall (macro)", format="%.3f"), "test_f1_macro": num("Test F1 (macro)", format="%.3f"),
-    "val_auc": num("Val AUC", format="%.3f"), "test_auc": num("Test AUC", format="%.3f"),
+    "val_auc": num("Val AUC", format="%.3f"), "held_out": "Ranked by",
+    "held_out_auc": num("Held-out AUC", format="%.3f", help="Out-of-fold over every train + val image where "
+                        "cross-validated, else validation: what the model is ranked and chosen by (never test)"),
+    "test_auc": num("Test AUC", format="%.3f"),
     "test_auc_ci": "Test AUC 95% CI", "epochs": "Epochs", "best_epoch": "Best", "train_minutes": num(
         "Train (min)", format="%.1f"), "converged": "Converged",
     "weights_shipped": st.column_config.CheckboxColumn("Weights shipped")})

@@ -284,6 +284,10 @@ def test_held_out_aucs_are_ranked_only_against_their_own_kind(tmp_path):
     best = max(cv, key=lambda c: c.card.held_out_auc)
     assert benchmarks.best_single([single, *cv]).id == best.id
     assert all(c.card.cross_validated for c in cv) and not single.card.cross_validated
+    rows = {r["model"]: r for r in benchmarks.table1([single, *cv])}
+    assert rows["vanilla_cnn"]["held_out"] == "out-of-fold" and rows["resnet18"]["held_out"] == "validation"
+    assert rows["vanilla_cnn"]["held_out_auc"] == cv[0].card.metrics.extra["oof"]["auc_macro"]
+    assert rows["resnet18"]["held_out_auc"] == single.card.metrics.val.auc_macro
 
 
 def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their_own_recipe(tmp_path):

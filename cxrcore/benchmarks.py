@@ -461,8 +461,9 @@ LOCALISATION_NOTE = (
     "mean share of the image). Precision / recall / F1: the transfer report's area overlap of the CAM region (where the "
     "map reaches {level:g} of its peak) with the box (its custom CNN: P 0.173, R 0.213, F1 0.191 on 880 images). A map "
     "with no localisation (empty or constant) counts as a miss with P = R = 0. Subsets: test = test-split boxes "
-    "(never trained on; the 1024 px sample among them); all = with the validation and training-split boxes, which "
-    "the models saw (labels only, not the boxes). PneumoniaMNIST models are paediatric models read on adult NIH "
+    "(never trained on; the 1024 px sample among them); held_out = every box on an image the model never trained "
+    "on (validation too, except for a cross-validated model refit on train + val); all = with the training boxes, "
+    "which the models saw (labels only, not the boxes). PneumoniaMNIST models are paediatric models read on adult NIH "
     "films, for the Pneumonia boxes only. So few boxes give no precision: read these as a check, not a ranking.")
 
 

@@ -23,7 +23,9 @@ from .inference import LoadedModel
 EVAL_SIZE = 256  # px a side of the grid areas are measured on (a 60 px nodule in 1024 px is 15 px here)
 REGION_LEVEL = 0.5  # the CAM region: where the map reaches half its peak
 SPLITS = ("train", "val", "test")
-SUBSETS = {"test": ("test",), "held_out": ("val", "test"), "all": SPLITS}  # which splits' boxes each figure pools
+# which boxes each figure pools; held out: images the model never trained on (validation too, unless it was
+# cross-validated and refit on train + val)
+SUBSETS = {"test": lambda s: s.split == "test", "held_out": lambda s: not s.trained_on, "all": lambda s: True}
 LOCALISATION_FILE = "localisation.json"
 
 
@@ -84,6 +86,7 @@ class BoxScore:
     precision: float
     recall: float
     box_share: float  # the box's share of the image: the chance of a random point landing in it
+    trained_on: bool = False  # the image was in the model's training data
 
 
 def score_box(cam: explain.CamResult, box: Box) -> tuple[bool, float, float]:
@@ -96,6 +99,11 @@ def model_label(m: LoadedModel, box_label: str) -> int | None:
     """The model's output for a box's finding (case-insensitive: PneumoniaMNIST's "pneumonia"), None if it has none."""
     names = [n.lower() for n in m.label_names]
     return names.index(box_label.lower()) if box_label.lower() in names else None
+
+
+def trained_on(m: LoadedModel, split: str) -> bool:
+    """Whether a split's images trained the model: train always, validation too for a cross-validated refit."""
+    return split == "train" or (split == "val" and m.card.cross_validated)
 
 
 def score_model(m: LoadedModel, images: Iterable[BoxedImage], method: str = "GradCAM") -> list[BoxScore]:
@@ -111,7 +119,7 @@ def score_model(m: LoadedModel, images: Iterable[BoxedImage], method: str = "Gra
             hit, precision, recall = score_box(cam, box)
             out.append(BoxScore(m.card.dataset.name, m.id, img.name, img.split, box.label, method, cam.layer,
                                 f"{cam.grid[0]}x{cam.grid[1]}", cam.informative, bool(hit), precision, recall,
-                                float(box_mask(box).mean())))
+                                float(box_mask(box).mean()), trained_on(m, img.split)))
     return out
 
 
@@ -122,8 +130,8 @@ def summarise(scores: Sequence[BoxScore]) -> list[dict]:
     keys = dict.fromkeys((s.dataset, s.model, s.method) for s in scores)
     for dataset, model, method in keys:
         mine = [s for s in scores if (s.dataset, s.model, s.method) == (dataset, model, method)]
-        for subset, splits in SUBSETS.items():
-            part = [s for s in mine if s.split in splits]
+        for subset, keep in SUBSETS.items():
+            part = [s for s in mine if keep(s)]
             if not part:
                 continue
             p, r = float(np.mean([s.precision for s in part])), float(np.mean([s.recall for s in part]))

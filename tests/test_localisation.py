@@ -66,9 +66,19 @@ def test_score_box_pointing_game_and_area():
         False, 0.0, 0.0)
 
 
-def score(split: str, hit: bool, p: float, r: float, informative: bool = True, model: str = "m") -> loc.BoxScore:
+def score(split: str, hit: bool, p: float, r: float, informative: bool = True, model: str = "m",
+          trained_on: bool | None = None) -> loc.BoxScore:
     return loc.BoxScore("nih14-local", model, "x.png", split, "Mass", "GradCAM", "layer2", "8x8", informative, hit,
-                        p, r, 0.1)
+                        p, r, 0.1, split == "train" if trained_on is None else trained_on)
+
+
+def test_held_out_boxes_are_the_images_a_model_never_trained_on():
+    """A cross-validated refit trained on validation too: its validation boxes are not held out."""
+    scores = [score("test", True, 1, 1), score("val", True, 1, 1), score("train", False, 0, 0),
+              score("test", True, 1, 1, model="cv"), score("val", True, 1, 1, model="cv", trained_on=True)]
+    rows = {(r["model"], r["subset"]): r for r in loc.summarise(scores)}
+    assert rows["m", "held_out"]["boxes"] == 2 and rows["cv", "held_out"]["boxes"] == 1
+    assert rows["cv", "all"]["boxes"] == 2
 
 
 def test_summarise_pools_splits_and_computes_f1_from_mean_precision_and_recall():

@@ -438,6 +438,12 @@ def reliability_of(preds: Mapping[str, np.ndarray], task: str, n_bins: int = 10,
     return metrics.reliability(y, p, n_bins)
 
 
+def _members_fitted_on(card: Card) -> str:
+    """Where an ensemble's members were calibrated and its thresholds chosen: out of fold when all were
+    cross-validated on the same folds, else validation; "" for a single model without calibration."""
+    return ("oof" if card.cross_validated else "val") if card.members else ""
+
+
 def calibration_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
     """Per model: test ECE of the raw outputs and of the served calibrated probabilities, and how it was fitted."""
     rows = []
@@ -449,7 +455,7 @@ def calibration_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
                   or ("mean of calibrated members" if ck.card.members else "none"))
         rows.append({"model": ck.id, "test_ece_raw": reliability_of(preds, ck.card.task, raw=True)["ece"],
                      "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"], "calibration": method,
-                     "fitted_on": cal.get("fitted_on", "val" if ck.card.members else "")})
+                     "fitted_on": cal.get("fitted_on", _members_fitted_on(ck.card))})
     return rows
 
 

@@ -51,7 +51,8 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
         "best_epoch": c.best_epoch,
         "converged": "no" if c.not_converged else "yes",
         # a cross-validated model's cost is its folds and refit (wall), not the refit alone
-        "train_minutes": round((c.wall_seconds if c.cross_validated and c.wall_seconds else c.train_seconds) / 60, 1),
+        "train_minutes": round((c.wall_seconds if c.cross_validated and c.wall_seconds else c.train_seconds) / 60,
+                               1),
         # pinned in the tree's MANIFEST.json: what the repository ships; an ensemble, all its members
         "weights_shipped": all(checkpoints.is_pinned(ck.path.parent / i) for i in c.members or [c.id]),
     }
@@ -65,8 +66,7 @@ def table1(cks: list[checkpoints.Checkpoint]) -> list[dict]:
 
 MULTICLASS_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_precision_macro",
                       "test_recall_macro", "test_f1_macro", "val_auc", "held_out", "held_out_auc", "test_auc",
-                      "test_auc_ci", "epochs",
-                      "best_epoch", "converged", "train_minutes", "weights_shipped"]
+                      "test_auc_ci", "epochs", "best_epoch", "converged", "train_minutes", "weights_shipped"]
 
 
 def multiclass_metrics(ck: checkpoints.Checkpoint, split: str = "test") -> dict:
@@ -199,7 +199,7 @@ CONVERGENCE_NOTE = ("Did not converge (judged on held-out figures; shown for com
 def rankable(cks: Sequence[checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
     """The models whose held-out AUCs can be ranked against each other: the cross-validated ones where any are
     (pooled out-of-fold AUC over every train + val image), else all (validation AUC). The two are never compared:
-    on NIH validation (167 images, 1-4 positives for several labels) ran 0.04 above test on average."""
+    on NIH, validation AUC (167 images, 1-4 positives for several labels) ran 0.04 above test on average."""
     oof = [c for c in cks if c.card.cross_validated]
     return oof or list(cks)
 
@@ -343,9 +343,9 @@ RECIPE_KEYS = ("lr", "epochs", "patience", "weight_decay", "batch_size")
 PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the project's own checkpoint of another task) "
                  "against the task's own random-init model of that id and recipe (cross-validated against "
                  "cross-validated, single split against single split), same precision; recipe_change: what the "
-                 "zoo's recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and more "
-                 "epochs). The init a task ships is chosen on the held-out gain only; the seeds table shows how far "
-                 "validation AUC moves with the seed alone.")
+                 "zoo's recipe for a pretrained start changes (a from-scratch start gets a higher learning rate and "
+                 "more epochs). The init a task ships is chosen on the held-out gain only; the seeds table shows how "
+                 "far validation AUC moves with the seed alone.")
 
 
 def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
@@ -507,8 +507,8 @@ SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beat
              "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0. val_auc_seed0: "
              "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
              "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
-             "commits: how many code versions trained the seeds (more than one: the spread includes code changes). Every "
-             "row is one recipe: where the shipped model was retrained cross-validated, its single-split seed 0 "
+             "commits: how many code versions trained the seeds (more than one: the spread includes code changes). "
+             "Every row is one recipe: where the shipped model was retrained cross-validated, its single-split seed 0 "
              "(seeds/<dataset>/seed0) heads the row beside seeds 1-2 of the same recipe.")
 
 

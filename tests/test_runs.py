@@ -123,7 +123,8 @@ def test_an_ensemble_with_a_single_split_member_is_thresholded_on_validation(tmp
 
     from cxrcore.runs import build_ensemble
 
-    members = [fake_checkpoint(tmp_path, "vanilla_cnn", seed=1, cv=True), fake_checkpoint(tmp_path, "cnn_small", seed=2)]
+    members = [fake_checkpoint(tmp_path, "vanilla_cnn", seed=1, cv=True),
+               fake_checkpoint(tmp_path, "cnn_small", seed=2)]
     card = build_ensemble(members, tmp_path / "ensemble", "test", n_boot=20)
     assert not card.cross_validated and "oof_probs" not in checkpoints.read_predictions(tmp_path / "ensemble")
     assert "validation" in card.extra["how_chosen"]["thresholds"]

@@ -543,9 +543,10 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
            "Every number in the tables of our models comes from this project's runs (stored predictions and cards);",
            "published numbers are in their own, labelled tables. AUC is MedMNIST's getAUC (mean per-label ROC AUC),",
            "with a 95 % bootstrap CI over test patients where the dataset names them (else images); accuracy is MedMNIST's getACC (threshold 0.5, or argmax);",
-           "sensitivity/specificity are label means at each model's thresholds chosen on validation (Youden J), over",
-           f"the labels with at least {metrics.MIN_POSITIVES} validation positives (the others get no threshold and no "
-           "call). Probabilities are calibrated on validation (see Calibration).", ""]
+           "sensitivity/specificity are label means at each model's thresholds chosen on held-out predictions (Youden",
+           "J; pooled out-of-fold where the model was cross-validated, else validation), over the labels with at least",
+           f"{metrics.MIN_POSITIVES} held-out positives (the others get no threshold and no call). Probabilities are",
+           "calibrated on the same held-out predictions (see Calibration).", ""]
     for name, cks in groups.items():
         first = cks[0].card
         d = first.dataset
@@ -569,7 +570,8 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)
         out += ["### Calibration (test ECE, all labels pooled, 10 bins)", "",
-                "Fitted on the validation split; raw: the networks' own outputs"
+                "Fitted on held-out predictions (fitted_on: oof = pooled out-of-fold, val = validation); raw: the "
+                "networks' own outputs"
                 + (" (BCE with a positive weight inflates every score)" if is_multilabel(first.task)
                    else "") + "; calibrated: what the app serves and the tables above measure.", "",
                 markdown(calibration_rows([c for c in cks if c.has_predictions])), ""]

@@ -54,13 +54,15 @@ if multiclass:
                "the argmax calls.")
 else:
     st.caption(f"AUC: mean of per-label ROC AUCs (MedMNIST's getAUC), 95 % bootstrap CI over test {unit}s. Accuracy at "
-               "0.5; sensitivity and specificity at each card's validation-chosen thresholds, over the labels with "
-               "enough validation positives to have one.")
+               "0.5; sensitivity and specificity at each card's thresholds, chosen on held-out predictions "
+               "(out-of-fold where cross-validated, else validation), over the labels with enough held-out positives "
+               "to have one.")
 stored_ensemble = next((c.card for c in cks if c.card.members), None)
 if stored_ensemble:
     st.caption(f"**ensemble**: the stored ensemble, the mean calibrated probability of "
                f"{', '.join(stored_ensemble.members)} (the {len(stored_ensemble.members)} shipped models with the best "
-               "validation AUC); not the live mean of the models chosen in the sidebar that Compare shows.")
+               f"{'out-of-fold' if stored_ensemble.cross_validated else 'validation'} AUC); not the live mean of the "
+               "models chosen in the sidebar that Compare shows.")
 
 lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_macro,) * 2 for ck in cks))
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),
@@ -93,7 +95,8 @@ with per_label:
                     color_continuous_scale="RdYlGn", aspect="auto")
     fig.update_layout(height=120 + 32 * len(matrix), margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="per_label_heatmap")
-    st.caption("Test split. Sensitivity and specificity at each card's validation-chosen threshold; blank: undefined.")
+    st.caption("Test split. Sensitivity and specificity at each card's held-out-chosen threshold (out-of-fold or "
+               "validation); blank: undefined.")
 with curves:
     history = pd.DataFrame(benchmarks.history_rows(cks))
     series = [c for c in history.columns if c not in ("model", "epoch", "lr", "epoch_seconds")]
@@ -135,7 +138,8 @@ with calibration:
     st.plotly_chart(fig, key="reliability_chart")
     st.caption("Reliability diagram on the test split, all labels pooled, 10 equal-width bins; the diagonal is "
                "perfect calibration. Dotted: the networks' raw outputs; solid: the calibrated probabilities the app "
-               "serves (fitted on validation). ECE: expected calibration error.")
+               "serves (fitted on held-out predictions: out-of-fold or validation, see fitted_on). ECE: expected "
+               "calibration error.")
     st.dataframe(pd.DataFrame(benchmarks.calibration_rows([c for c in cks if c.has_predictions])).set_index("model"),
                  column_config={"test_ece_raw": num("Test ECE raw", format="%.3f"),
                                 "test_ece_calibrated": num("Test ECE calibrated", format="%.3f")})

@@ -157,7 +157,7 @@ if warning:
                "as a call; the numbers are shown for reference only.")
 st.html(html_table.render(ui.call_style(comp, table, greyed=bool(warning)), headers={ENSEMBLE: comp.label(ENSEMBLE)}))
 meaning = ("comparable score: 0.5 is the model's threshold" if comparable else
-           "calibrated probability (fitted on validation, so it holds where findings are as common as in the "
+           "calibrated probability (fitted on held-out predictions, so it holds where findings are as common as in the "
            "training data, see Benchmarks › Label prevalence; where they are rarer or commoner it shifts with them. "
            "Raw scores overstated every finding)")
 mean_note = (f" {comp.label(ENSEMBLE)}: the live mean of the chosen models ({', '.join(comp.members)}), not the "

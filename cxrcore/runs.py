@@ -141,6 +141,13 @@ def oof_shift(pos_weight, labels: np.ndarray, task: str) -> list[float] | None:
     return calibration.prior_shift(pos_weight, [int(v) for v in np.asarray(labels).sum(0)], len(labels))
 
 
+def stored_val_rows(preds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The validation images' rows among a cross-validated model's stored out-of-fold predictions: the pool is train
+    then val (``crossval.pool``), so they are its last ``len(val_labels)`` rows."""
+    n, n_val = len(preds["oof_labels"]), len(preds["val_labels"])
+    return np.arange(n - n_val, n)
+
+
 def oof_served(labels: np.ndarray, oof_raw: np.ndarray, val_rows: np.ndarray, test_raw: np.ndarray,
                test_labels: np.ndarray, task: str, names: list[str], shift: list[float] | None, n_boot: int = 1000,
                groups: np.ndarray | None = None, test_groups: np.ndarray | None = None,
@@ -343,9 +350,9 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
             preds[0][f"{s}_labels"] for s in splits
             for kind, views in (("probs", preds), ("raw_probs", raws), ("labels", preds))}
     if "oof" in splits:  # the mean of calibrated members is served as it is (calibrate=False)
-        y, n_val = mean["oof_labels"], len(mean["val_labels"])
+        y = mean["oof_labels"]
         test_groups = groups["test"] if groups else preds[0].get("test_groups")
-        served = oof_served(y, mean["oof_probs"], np.arange(len(y) - n_val, len(y)), mean["test_probs"],
+        served = oof_served(y, mean["oof_probs"], stored_val_rows(mean), mean["test_probs"],
                             mean["test_labels"], task, names, None, n_boot, preds[0].get("oof_groups"), test_groups,
                             calibrate=False)
         served = dataclasses.replace(served, predictions={

@@ -29,7 +29,7 @@ from cxrcore.calibration import prior_shift  # noqa: E402
 from cxrcore.data import REPO_ROOT  # noqa: E402
 from cxrcore.task import is_multilabel  # noqa: E402
 from cxrcore.runs import (Served, build_ensemble, label_columns, oof_served, oof_shift, raw_predictions,  # noqa: E402
-                          served_outputs, stored_groups)  # noqa: E402
+                          served_outputs, stored_groups, stored_val_rows)
 
 ENSEMBLE = "ensemble"
 
@@ -44,8 +44,8 @@ def served_again(card: dict, raw: dict[str, np.ndarray], n_boot: int) -> tuple[S
     d, task, names = card["dataset"], card["task"], card["label_names"]
     pos_weight = card.get("hparams", {}).get("pos_weight")
     if "oof_raw_probs" in raw:  # cross-validated: the pooled out-of-fold predictions, as cross_validate fits them
-        y, n_val = raw["oof_labels"], len(raw["val_labels"])
-        served = oof_served(y, raw["oof_raw_probs"], np.arange(len(y) - n_val, len(y)), raw["test_raw_probs"],
+        y = raw["oof_labels"]
+        served = oof_served(y, raw["oof_raw_probs"], stored_val_rows(raw), raw["test_raw_probs"],
                             raw["test_labels"], task, names, oof_shift(pos_weight, y, task), n_boot,
                             stored_groups(raw, "oof"), stored_groups(raw, "test"))
         return dataclasses.replace(served, predictions={**served.predictions, "oof_folds": raw["oof_folds"]}), "oof"

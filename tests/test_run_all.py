@@ -317,3 +317,19 @@ def test_ddp_resumes_a_killed_run_and_shards_validation(tmp_path, data_dir):
         assert r["n"] == 47 and r["sharded_probs_diff"] < 1e-6 and r["sharded_auc"][0] == pytest.approx(
             r["sharded_auc"][1], abs=1e-9)
         assert r["files"] == [".best.pt", ".resume.pt"]  # rank 0 alone wrote, and no temporary file is left
+
+
+def test_the_ensemble_rebuild_command_names_the_members_shared_precision(tmp_path):
+    """Precision is part of the recipe: an ensemble command without it would retrain fp32 members in auto precision."""
+    import dataclasses
+
+    sys.path.insert(0, str(REPO_ROOT / "train"))
+    import run_all
+    from helpers import fake_checkpoint
+
+    a, b = (fake_checkpoint(tmp_path, m, seed=s) for m, s in (("vanilla_cnn", 1), ("cnn_small", 2)))
+    fp32 = [dataclasses.replace(c, card=dataclasses.replace(c.card, precision="fp32")) for c in (a, b)]
+    assert run_all.ensemble_command("python train/run_all.py", fp32) == (
+        "python train/run_all.py --models vanilla_cnn cnn_small --precision fp32 --ensemble vanilla_cnn cnn_small")
+    mixed = [fp32[0], dataclasses.replace(b, card=dataclasses.replace(b.card, precision="bf16"))]
+    assert "--precision" not in run_all.ensemble_command("python train/run_all.py", mixed)

@@ -130,6 +130,15 @@ def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoin
     return sorted(benchmarks.rankable(pool), key=lambda c: -c.card.held_out_auc)[:ENSEMBLE_SIZE]
 
 
+def ensemble_command(base_cmd: str, members: list[checkpoints.Checkpoint]) -> str:
+    """The ensemble's rebuild command: its members by id and, where they share one, the precision they were trained
+    in (part of the recipe: without it, the members already there would count as out of date and be retrained)."""
+    ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing
+    precisions = {m.card.trained_precision for m in members}
+    flag = f" --precision {precisions.pop()}" if len(precisions) == 1 and None not in precisions else ""
+    return f"{base_cmd} --models {ids}{flag} --ensemble {ids}"
+
+
 def fit_ood_detectors(cks: list[checkpoints.Checkpoint], data) -> None:
     """Out-of-distribution detector beside every checkpoint with weights (re-fitted when the weights change)."""
     for ck in cks:
@@ -216,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         found = trained_here(out)
         members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
         if len(members) >= 2:
-            member_ids = " ".join(m.id for m in members)  # rebuilding trains only the members that are missing
-            build_ensemble(members, out / "ensemble", f"{base_cmd} --models {member_ids} --ensemble {member_ids}",
+            build_ensemble(members, out / "ensemble", ensemble_command(base_cmd, members),
                            n_boot=200 if a.quick else 1000, groups=data.extras.get("patients"))
     # the last, separate step: the test split, read once; every decision above was taken on held-out data
     print("== test split, read once, after all training (no recipe decision reads it) ==")

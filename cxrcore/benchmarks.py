@@ -400,8 +400,8 @@ def limits_text(card: Card) -> list[str]:
            f"- {n_train} training images (the official split)."]
     if rare:
         out.append("- Labels whose AUC rests on very few positives (wide CIs; treat as anecdotal): " + ", ".join(rare)
-                   + f". Labels with fewer than {metrics.MIN_POSITIVES} validation positives get no operating threshold and "
-                   "no call.")
+                   + f". Labels with fewer than {metrics.MIN_POSITIVES} held-out positives, or whose held-out AUC "
+                   "interval includes 0.5, get no operating threshold and no call.")
     if is_multilabel(card.task):
         out.append("- Accuracy is not informative here (always answering 'negative' scores above 0.9); "
                    "read AUC and sensitivity/specificity at the chosen thresholds.")

@@ -241,7 +241,7 @@ def predicted_by(comp: Comparison) -> list[str]:
 
 # ---- operating thresholds -------------------------------------------------------------------------------------------
 
-PRESETS = ("0.5", "Youden J", "Sensitivity ≥ 0.90", "Specificity ≥ 0.90", "Card (validation Youden J)")
+PRESETS = ("0.5", "Youden J", "Sensitivity ≥ 0.90", "Specificity ≥ 0.90", "Card (held-out Youden J)")
 _PRESET_RULES = {"0.5": (metrics.FIXED, DEFAULT_THRESHOLD), "Youden J": (metrics.YOUDEN, None),
                  "Sensitivity ≥ 0.90": (metrics.SENSITIVITY, 0.9), "Specificity ≥ 0.90": (metrics.SPECIFICITY, 0.9)}
 
@@ -270,20 +270,21 @@ def points_in_force(default: Sequence[metrics.OperatingPoint], label_names: Sequ
     return out
 
 
-def preset_points(y_true: np.ndarray, y_score: np.ndarray,
-                  card_point: metrics.OperatingPoint) -> dict[str, metrics.OperatingPoint]:
-    """Every preset for one label, chosen on the given (labels, scores) of one split, each with the positives it
-    rests on and, where it has none, why (too few positives, a target that cannot be reached, a refused value)."""
-    return {**{name: metrics.operating_point(y_true, y_score, rule, target)
-               for name, (rule, target) in _PRESET_RULES.items()}, "Card (validation Youden J)": card_point}
+def preset_points(y_true: np.ndarray, y_score: np.ndarray, card_point: metrics.OperatingPoint,
+                  groups: np.ndarray | None = None) -> dict[str, metrics.OperatingPoint]:
+    """Every preset for one label, chosen on the given (labels, scores) of one split (``groups``: its images'
+    patients, where known), each with the positives it rests on and, where it has none, why (too few positives, a
+    score that does not separate, a target that cannot be reached, a refused value)."""
+    return {**{name: metrics.operating_point(y_true, y_score, rule, target, groups=groups)
+               for name, (rule, target) in _PRESET_RULES.items()}, "Card (held-out Youden J)": card_point}
 
 
 def threshold_source(overrides: Mapping[str, Mapping[str, float]]) -> str:
     """Where the thresholds of a report came from, in one line: the cards, plus any the user changed."""
     changed = [f"{model} {label}={'no call' if np.isnan(value) else f'{value:.3f}'}"
                for model, per in overrides.items() for label, value in per.items()]
-    base = (f"validation Youden J per label (model cards), none where fewer than {metrics.MIN_POSITIVES} validation "
-            "positives")
+    base = (f"held-out Youden J per label (model cards), none where fewer than {metrics.MIN_POSITIVES} held-out "
+            "positives or where the label's held-out AUC interval includes 0.5")
     return f"{base}; set by the user: {', '.join(changed)}" if changed else base
 
 
@@ -308,6 +309,9 @@ def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str,
             raise ValueError(f"the members were evaluated on different {split} images; they cannot be averaged")
         out[f"{split}_labels"] = labels
         out[f"{split}_probs"] = np.mean([p[f"{split}_probs"] for p in preds], axis=0)
+        groups = [p.get(f"{split}_groups") for p in preds]
+        if all(g is not None and np.array_equal(g, groups[0]) for g in groups):
+            out[f"{split}_groups"] = np.asarray(groups[0])  # the members' patient codes, where they agree
     return out
 
 
@@ -315,7 +319,8 @@ def ensemble_points(ensemble_preds: Mapping[str, np.ndarray], task: str) -> list
     """Operating points of the ensemble column: Youden J per label on the mean of the members' stored calibrated
     *validation* probabilities, by the same rule (and evidence) that chose each member's, so no test image
     influences a call."""
-    return val_operating_points(ensemble_preds["val_labels"], ensemble_preds["val_probs"], task)
+    return val_operating_points(ensemble_preds["val_labels"], ensemble_preds["val_probs"], task,
+                                ensemble_preds.get("val_groups"))
 
 
 # ---- Grad-CAM and NIH boxes -----------------------------------------------------------------------------------------

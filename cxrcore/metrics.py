@@ -156,6 +156,7 @@ class OperatingPoint:
     ppv: float | None = None
     reached: bool = True
     reason: str | None = None
+    auc_ci: tuple[float, float] | None = None  # the label's AUC interval on the same data, where it was measured
 
     @property
     def value(self) -> float:
@@ -167,7 +168,8 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: dict) -> "OperatingPoint":
-        return cls(**d)
+        ci = d.get("auc_ci")
+        return cls(**{**d, "auc_ci": None if ci is None else (float(ci[0]), float(ci[1]))})
 
 
 def threshold_refusal(threshold: float, y_score: np.ndarray) -> str | None:
@@ -200,24 +202,44 @@ def _candidate(y_true: np.ndarray, y_score: np.ndarray, rule: str, target: float
     raise ValueError(f"unknown threshold rule {rule!r}")
 
 
+NO_SEPARATION = "the score does not separate positives from negatives (its AUC's 95 % CI includes 0.5)"
+
+
+def label_auc_ci(y_true: np.ndarray, y_score: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 1000,
+                 seed: int = 0, min_positives: int = MIN_POSITIVES) -> tuple[float, float] | None:
+    """One label's 95 % bootstrap AUC interval (over patients when ``groups`` is given); None below
+    ``min_positives`` positives or without both classes."""
+    y = np.asarray(y_true).ravel()[:, None]
+    return auc_intervals(y, np.asarray(y_score, dtype=float).ravel()[:, None], TASK_MULTILABEL, n_boot,
+                         seed=seed, groups=groups, min_positives=min_positives).per_column[0]
+
+
 def operating_point(y_true: np.ndarray, y_score: np.ndarray, rule: str = YOUDEN, target: float | None = None,
-                    min_positives: int = MIN_POSITIVES) -> OperatingPoint:
+                    min_positives: int = MIN_POSITIVES, groups: np.ndarray | None = None,
+                    n_boot: int = 1000) -> OperatingPoint:
     """A label's threshold by ``rule`` (Youden J, lowest sensitivity >= target, specificity >= target, or a fixed
-    value) with its sensitivity, specificity and PPV on the same data, refused with a reason when it rests on fewer
-    than ``min_positives`` positives (a fixed threshold is not estimated, so it needs none) or lies at 0, 1 or outside
-    the observed scores."""
+    value) with its sensitivity, specificity and PPV on the same data, refused with a reason where it lies at 0, 1
+    or outside the observed scores. A rule-chosen threshold (a fixed one is not estimated) is also refused where it
+    rests on fewer than ``min_positives`` positives, or where the label's bootstrap AUC interval (over ``groups``,
+    each image's patient, where given) includes 0.5: a threshold on a score that does not rank positives above
+    negatives calls findings at random (weak models called 6-9 of 14 labels per film that way, 4-10 % of them
+    true)."""
     y, s = np.asarray(y_true).ravel() > 0.5, np.asarray(y_score, dtype=float).ravel()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     base = dict(rule=rule, target=target, positives=n_pos, negatives=n_neg)
-    if rule != FIXED and (n_pos < min_positives or n_neg == 0):
-        why = f"too few positives (n={n_pos})" if n_pos < min_positives else "no negatives"
-        return OperatingPoint(threshold=None, reached=False, reason=why, **base)
+    if rule != FIXED:
+        if n_pos < min_positives or n_neg == 0:
+            why = f"too few positives (n={n_pos})" if n_pos < min_positives else "no negatives"
+            return OperatingPoint(threshold=None, reached=False, reason=why, **base)
+        base["auc_ci"] = ci = label_auc_ci(y, s, groups, n_boot, min_positives=min_positives)
+        if ci is None or ci[0] <= 0.5:
+            return OperatingPoint(threshold=None, reached=False, reason=NO_SEPARATION, **base)
     threshold, reached = _candidate(y, s, rule, target)
     refusal = threshold_refusal(threshold, s)
     if refusal:
         return OperatingPoint(threshold=None, reached=False,
                               reason=refusal if reached else f"target {target:.2f} cannot be reached", **base)
-    return replace(point_at(y, s, threshold, rule, target), reached=reached)
+    return replace(point_at(y, s, threshold, rule, target), reached=reached, auc_ci=base.get("auc_ci"))
 
 
 def point_at(y_true: np.ndarray, y_score: np.ndarray, threshold: float, rule: str = FIXED,

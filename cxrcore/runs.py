@@ -49,11 +49,13 @@ def dataset_record(data: Dataset) -> DatasetRecord:
                          prevalence=data.prevalence(), extra=dict(data.record))  # split policy, seed, square rule
 
 
-def val_operating_points(y_val: np.ndarray, p_val: np.ndarray, task: str) -> list[metrics.OperatingPoint]:
-    """Operating points chosen on validation only: Youden's J per label, none where it rests on fewer than
-    ``metrics.MIN_POSITIVES`` positives or would sit at 0, 1 or outside the observed scores."""
+def val_operating_points(y_val: np.ndarray, p_val: np.ndarray, task: str,
+                         groups: np.ndarray | None = None) -> list[metrics.OperatingPoint]:
+    """Operating points chosen on held-out data only: Youden's J per label, none where it rests on fewer than
+    ``metrics.MIN_POSITIVES`` positives, where the label's AUC interval (over ``groups``, the images' patients,
+    where known) includes 0.5, or where it would sit at 0, 1 or outside the observed scores."""
     cols = label_columns(y_val, task, p_val.shape[1])
-    return [metrics.operating_point(cols[:, j], p_val[:, j]) for j in range(p_val.shape[1])]
+    return [metrics.operating_point(cols[:, j], p_val[:, j], groups=groups) for j in range(p_val.shape[1])]
 
 
 def raw_predictions(preds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,16 +98,18 @@ class Served:
 
 
 def fit_serving(y_fit: np.ndarray, p_fit: np.ndarray, task: str, shift: list[float] | None, calibrate: bool = True,
-                fitted_on: str = "val") -> tuple[calibration.Calibration | None, list[metrics.OperatingPoint]]:
+                fitted_on: str = "val", groups: np.ndarray | None = None,
+                ) -> tuple[calibration.Calibration | None, list[metrics.OperatingPoint]]:
     """The calibration (unless ``calibrate`` is False) and operating points fitted on held-out labels and raw
-    probabilities (validation, or pooled out-of-fold): every recipe decision after training, on held-out data only."""
+    probabilities (validation, or pooled out-of-fold; ``groups``: their patients): every recipe decision after
+    training, on held-out data only."""
     cal = None
     n = p_fit.shape[1]
     if calibrate:
         y = label_columns(y_fit, task, n) if is_multilabel(task) else np.asarray(y_fit)[:, 0]
         cal = calibration.fit(y, p_fit, is_multilabel(task), shift, fitted_on=fitted_on)
         p_fit = cal.apply(p_fit)
-    return cal, val_operating_points(y_fit, p_fit, task)
+    return cal, val_operating_points(y_fit, p_fit, task, groups)
 
 
 def served_outputs(raw: Mapping[str, np.ndarray], task: str, label_names: list[str], shift: list[float] | None,
@@ -118,11 +122,11 @@ def served_outputs(raw: Mapping[str, np.ndarray], task: str, label_names: list[s
     (split -> patient id per image) makes the CIs patient-level and is stored as codes (``*_groups``); without it,
     codes already in ``raw`` are kept."""
     probs = {s: np.asarray(raw[f"{s}_probs"], dtype=np.float32) for s in ("val", "test")}
-    cal, points = fit_serving(raw["val_labels"], probs["val"], task, shift, calibrate)
-    if cal is not None:
-        probs = {s: cal.apply(p) for s, p in probs.items()}
     codes = ({f"{s}_groups": group_codes(groups[s]) for s in probs} if groups else
              {k: np.asarray(raw[k]) for k in ("val_groups", "test_groups") if k in raw})
+    cal, points = fit_serving(raw["val_labels"], probs["val"], task, shift, calibrate, groups=codes.get("val_groups"))
+    if cal is not None:
+        probs = {s: cal.apply(p) for s, p in probs.items()}
     th = [p.value for p in points]
     block = {"val": metrics.summarize(raw["val_labels"], probs["val"], label_names, task, th, n_boot,
                                       codes.get("val_groups"))}
@@ -157,10 +161,10 @@ def oof_served(labels: np.ndarray, oof_raw: np.ndarray, val_rows: np.ndarray, te
     not scored). ``metrics.val`` holds the validation images' OOF predictions, ``metrics.oof`` all of them (CIs over
     ``groups``, the pool's patients). What ``cross_validate``, ``train/calibrate.py`` and a cross-validated ensemble
     (``calibrate=False``: the mean of calibrated members is served as it is) store."""
-    cal, points = fit_serving(labels, oof_raw, task, shift, calibrate, fitted_on="oof")
+    g = None if groups is None else group_codes(groups)
+    cal, points = fit_serving(labels, oof_raw, task, shift, calibrate, fitted_on="oof", groups=g)
     oof_cal, test_cal = (cal.apply(oof_raw), cal.apply(test_raw)) if cal else (oof_raw, test_raw)
     th = [q.value for q in points]
-    g = None if groups is None else group_codes(groups)
     block = {"val": metrics.summarize(labels[val_rows], oof_cal[val_rows], names, task, th, n_boot,
                                       None if g is None else g[val_rows]),
              "oof": metrics.summarize(labels, oof_cal, names, task, th, n_boot, g)}

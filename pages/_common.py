@@ -20,7 +20,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics
+from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics, runs
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
 from cxrcore.ood import OOD_FILE
@@ -699,7 +699,8 @@ def _label_curves(root: str, dataset: str, column: str, ids: tuple[str, ...], la
     y, p = y_test[:, label], p_test[:, label]
     card_point = _default_points(root, dataset, column, ids, task)[label]
     return LabelCurves(y, p, benchmarks.split_arrays(preds, "val", task)[1][:, label],
-                       compare.preset_points(y_fit[:, label], p_fit[:, label], card_point),
+                       compare.preset_points(y_fit[:, label], p_fit[:, label], card_point,
+                                             runs.stored_groups(preds, fit_on)),
                        metrics.roc(y, p), metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
 
 

@@ -132,7 +132,7 @@ def your_thresholds() -> None:
     mine = ui.user_thresholds(sel)
     st.subheader("Your thresholds")
     if mine.empty:
-        st.caption("None set: every model calls at its card's threshold (validation Youden J).")
+        st.caption("None set: every model calls at its card's threshold (held-out Youden J).")
         return
     shown = mine.assign(threshold=mine["threshold"].map(no_call_fmt), default=mine["default"].map(no_call_fmt))
     st.table(shown.rename(columns={"model": "Model", "label": "Label", "threshold": "Your threshold",

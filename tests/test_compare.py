@@ -164,7 +164,7 @@ def test_presets_reach_their_targets_or_say_why_not():
     card = _points([0.37])[0]
     presets = compare.preset_points(y, s, card)
     assert list(presets) == list(compare.PRESETS)
-    assert presets["0.5"].threshold == 0.5 and presets["Card (validation Youden J)"] == card
+    assert presets["0.5"].threshold == 0.5 and presets["Card (held-out Youden J)"] == card
     assert metrics.binary_stats(y, s, presets["Sensitivity ≥ 0.90"].threshold)["sensitivity"] >= 0.9
     assert metrics.binary_stats(y, s, presets["Specificity ≥ 0.90"].threshold)["specificity"] >= 0.9
     assert all(p.positives == int(y.sum()) for p in presets.values() if p is not card)
@@ -175,7 +175,7 @@ def test_presets_reach_their_targets_or_say_why_not():
 
 
 def test_threshold_source_names_the_users_changes():
-    assert compare.threshold_source({}).startswith("validation Youden J per label (model cards)")
+    assert compare.threshold_source({}).startswith("held-out Youden J per label (model cards)")
     assert "vanilla_cnn Mass=0.700" in compare.threshold_source({"vanilla_cnn": {"Mass": 0.7}})
     assert "vanilla_cnn Mass=no call" in compare.threshold_source({"vanilla_cnn": {"Mass": float("nan")}})
 

@@ -466,11 +466,39 @@ def test_youden_at_infinity_is_refused_not_clipped_to_one():
 
 def test_presets_say_when_a_target_cannot_be_reached():
     y = np.r_[np.ones(20), np.zeros(80)]
-    s = np.r_[np.linspace(0.3, 0.9, 20), np.full(80, 0.95)]  # every negative outscores every positive, all tied
+    s = np.r_[np.linspace(0.3, 0.9, 20), np.full(60, 0.1), np.full(20, 0.95)]  # a quarter of the negatives, tied,
+    # outscore every positive: the score separates (AUC 0.75) but no cut leaves 90 % of negatives uncalled
     spec = metrics.operating_point(y, s, metrics.SPECIFICITY, 0.9)
     assert spec.threshold is None and not spec.reached and "cannot be reached" in spec.reason
     sens = metrics.operating_point(y, s, metrics.SENSITIVITY, 0.9)
     assert sens.reached and sens.threshold is not None and sens.sensitivity >= 0.9 and sens.positives == 20
+
+
+def test_a_threshold_needs_a_score_that_separates_positives_from_negatives():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(160)]
+    noise = metrics.operating_point(y, rng.random(200))
+    assert noise.threshold is None and noise.reason == metrics.NO_SEPARATION and noise.auc_ci[0] <= 0.5
+    inverted = metrics.operating_point(y, 1 - np.r_[np.linspace(0.5, 1, 40), np.linspace(0, 0.7, 160)])
+    assert inverted.threshold is None and inverted.reason == metrics.NO_SEPARATION and inverted.auc_ci[1] < 0.5
+    signal = metrics.operating_point(*_with_positives(40))
+    assert signal.threshold is not None and signal.auc_ci[0] > 0.5
+    for rule, target in ((metrics.SENSITIVITY, 0.9), (metrics.SPECIFICITY, 0.9)):  # presets: the same rule
+        assert metrics.operating_point(y, rng.random(200), rule, target).reason == metrics.NO_SEPARATION
+    assert metrics.operating_point(y, rng.random(200), metrics.FIXED, 0.5).threshold == 0.5  # a user's choice
+
+
+def test_the_separation_rule_resamples_patients_not_images():
+    """Ten films of each of 16 patients look like 160 independent films to an image bootstrap, which then claims a
+    separation that 16 patients cannot show."""
+    rng = np.random.default_rng(3)
+    y_patient = np.r_[np.ones(8), np.zeros(8)]
+    s_patient = rng.normal(0.55 * y_patient, 0.5)
+    y, s, groups = (np.repeat(v, 10) for v in (y_patient, s_patient, np.arange(16)))
+    s = s + rng.normal(0, 0.01, len(s))
+    by_image, by_patient = metrics.operating_point(y, s), metrics.operating_point(y, s, groups=groups)
+    assert by_image.threshold is not None and by_image.auc_ci[0] > 0.5
+    assert by_patient.threshold is None and by_patient.reason == metrics.NO_SEPARATION
 
 
 def test_operating_point_round_trips_through_json():

@@ -26,7 +26,9 @@ TABLE1_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_a
 
 
 def _fmt(x: float | None, nd: int = 3) -> str:
-    return "" if x is None else f"{x:.{nd}f}"
+    """A table cell: blank where there is no figure (None, or NaN such as the sensitivity of a model without one
+    threshold)."""
+    return "" if x is None or x != x else f"{x:.{nd}f}"
 
 
 def table1_row(ck: checkpoints.Checkpoint) -> dict:

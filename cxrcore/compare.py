@@ -156,17 +156,19 @@ class Comparison:
         })
 
     def positive_calls(self) -> pd.DataFrame:
-        """Every positive call with the evidence behind its threshold on validation: sensitivity, specificity, PPV
-        and the positives they rest on."""
+        """Every positive call with the evidence behind its threshold on the held-out split it was chosen on:
+        sensitivity, specificity, PPV, the positives they rest on and the label's AUC interval there."""
         rows = []
         for col in self.probs.columns:
             for j in np.flatnonzero(self.calls[col].to_numpy()):
                 name, pt = self.probs.index[j], self.points.get(col, [None] * len(self.probs))[j]
+                ci = getattr(pt, "auc_ci", None)
                 rows.append({"column": self.label(col), "label": name, "probability": self.probs.at[name, col],
                              "threshold": self.thresholds.at[name, col],
-                             **{k: getattr(pt, k, None) for k in ("sensitivity", "specificity", "ppv", "positives")}})
+                             **{k: getattr(pt, k, None) for k in ("sensitivity", "specificity", "ppv", "positives")},
+                             "auc_ci": None if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"})
         return pd.DataFrame(rows, columns=["column", "label", "probability", "threshold", "sensitivity",
-                                           "specificity", "ppv", "positives"])
+                                           "specificity", "ppv", "positives", "auc_ci"])
 
     def not_estimable(self) -> dict[str, str]:
         """Per label without a call from some column, one short line: each reason once, with the columns it holds

@@ -123,7 +123,8 @@ with right:
                     f"{len(comp.probs)} classes sum to 1.")
     positives = comp.positive_calls()
     if len(positives):
-        st.markdown("**Each positive call and the evidence behind its threshold (validation split)**")
+        st.markdown("**Each positive call and the evidence behind its threshold** (on the held-out images it was "
+                    "chosen on: out-of-fold where the model was cross-validated, else validation)")
         num = st.column_config.NumberColumn
         st.dataframe(positives, hide_index=True, width="stretch", height=min(38 + 35 * len(positives), 360),
                      column_config={
@@ -132,9 +133,13 @@ with right:
                          "threshold": num("Threshold", format="%.3f"),
                          "sensitivity": num("Sensitivity", format="%.2f"),
                          "specificity": num("Specificity", format="%.2f"),
-                         "ppv": num("PPV", format="%.2f", help="Share of validation calls at this threshold that "
+                         "ppv": num("PPV", format="%.2f", help="Share of held-out calls at this threshold that "
                                                                   "were right"),
-                         "positives": num("Val positives", help="Positives the threshold and these rates rest on")})
+                         "positives": num("Held-out positives",
+                                          help="Positives the threshold and these rates rest on"),
+                         "auc_ci": st.column_config.TextColumn(
+                             "Label AUC 95 % CI", help="The label's held-out AUC interval (bootstrap over patients); "
+                                                       "no threshold is set where it includes 0.5")})
     else:
         st.caption("No model calls any label positive on this film at its thresholds.")
 

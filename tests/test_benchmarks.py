@@ -312,3 +312,8 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their
     assert cv_row["held_out_auc_main"] == main[0].card.held_out_auc
     assert cv_row["held_out_auc_pretrained"] == tuned[1].card.held_out_auc
     assert single_row["held_out_auc_main"] == seed0.card.metrics.val.auc_macro
+
+
+def test_markdown_leaves_a_missing_figure_blank():
+    table = benchmarks.markdown([{"model": "vgg16", "sens": float("nan"), "spec": None, "auc": 0.4964}])
+    assert table.splitlines()[-1] == "| vgg16 |  |  | 0.496 |"

@@ -97,7 +97,8 @@ def test_top_label():
 # ---- thresholds ----------------------------------------------------------------------------------------------------
 
 def _points(values):
-    return [metrics.OperatingPoint(metrics.YOUDEN, None, v, 12, 60, 0.8, 0.7, 0.3) if v is not None else
+    return [metrics.OperatingPoint(metrics.YOUDEN, None, v, 12, 60, 0.8, 0.7, 0.3, auc_ci=(0.61, 0.8))
+            if v is not None else
             metrics.OperatingPoint(metrics.YOUDEN, None, None, 4, 60, reached=False, reason="too few positives (n=4)")
             for v in values]
 
@@ -122,6 +123,7 @@ def test_a_label_without_a_threshold_makes_no_call_and_says_why():
     assert comp.flat()["m1_call"].tolist() == ["positive", "no call", "negative"]
     calls = comp.positive_calls()
     assert len(calls) == 3 and set(calls["ppv"]) == {0.3} and set(calls["positives"]) == {12}
+    assert set(calls["auc_ci"]) == {"0.61-0.80"}  # the interval that let the threshold be set
 
 
 def test_no_call_reasons_fold_into_one_short_line_per_label():

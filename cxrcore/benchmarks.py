@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import checkpoints, curves, localisation, metrics, published
 from .card import Card
 from .data import REPO_ROOT
-from .runs import pretrain_root, seeds_root, stored_groups
+from .runs import pretrain_root, seed_roots, stored_groups
 from .task import is_multilabel, label_columns
 from .task import kind_of
 
@@ -252,8 +252,9 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
                      dataset: str) -> dict[str, list[checkpoints.Checkpoint]]:
     """Every model's seeds of one recipe, seed 0 first, then ``<seeds_root>/<dataset>/seed<k>/<id>`` in seed order
     (``run_all.py --seeds N``). Seed 0 is the main checkpoint, or ``<seeds_root>/<dataset>/seed0/<id>`` where one is
-    kept: the single-split seed 0 of a model since retrained by another recipe (cross-validated), so a row never
-    mixes recipes. The ensemble is left out (it has no seed of its own)."""
+    kept: the single-split seed 0 of a model since retrained by another recipe (cross-validated). A seed whose
+    recipe (cross-validated or not) differs from its row's seed 0 is left out, so a row never mixes recipes. The
+    ensemble is left out (it has no seed of its own)."""
     inside = (lambda c: seeds_root is not None and Path(seeds_root).resolve() in c.path.resolve().parents)
     out = {c.id: [c] for c in main if not c.card.members and not inside(c)}
     if seeds_root is None or not (Path(seeds_root) / dataset).is_dir():
@@ -263,18 +264,22 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
         if c.id in out and c.card.dataset.split_checksum == out[c.id][0].card.dataset.split_checksum:
             if c.path.parent.name == SEED0:
                 out[c.id][0] = c
-            else:
+            elif c.card.cross_validated == out[c.id][0].card.cross_validated:
                 out[c.id].append(c)
     return out
 
 
-def recipe_baselines(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
+def recipe_baselines(main: Sequence[checkpoints.Checkpoint], seeds_roots: Iterable[Path],
                      dataset: str) -> list[checkpoints.Checkpoint]:
-    """Each model of the task in every recipe it was trained by: the shipped checkpoint and, where one is kept, its
-    single-split seed 0 (:func:`seed_checkpoints`), so a chest X-ray fine-tune is compared with the random-init run
-    of its own recipe and its gain is one of init only."""
-    kept = [v[0] for v in seed_checkpoints(main, seeds_root, dataset).values()]
-    return [*main, *(c for c in kept if all(c.path != m.path for m in main))]
+    """Each model of the task in every recipe it was trained by: the shipped checkpoint and, where a seed tree keeps
+    one, its single-split seed 0 (:func:`seed_checkpoints`), so a chest X-ray fine-tune is compared with the
+    random-init run of its own recipe and its gain is one of init only."""
+    kept = [v[0] for root in seeds_roots for v in seed_checkpoints(main, root, dataset).values()]
+    out = list(main)
+    for c in kept:
+        if all(c.path != m.path for m in out):
+            out.append(c)
+    return out
 
 
 def seed_summary(values: Sequence[float]) -> dict:
@@ -510,8 +515,9 @@ SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beat
              "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
              "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
              "commits: how many code versions trained the seeds (more than one: the spread includes code changes). "
-             "Every row is one recipe: where the shipped model was retrained cross-validated, its single-split seed 0 "
-             "(seeds/<dataset>/seed0) heads the row beside seeds 1-2 of the same recipe.")
+             "Each table is one recipe: the shipped one (seed 0 is the shipped model, seeds 1-2 under seeds/) and "
+             "the single-split recipe of the models since retrained cross-validated (seeds 0-2 under "
+             "seeds-single-split/).")
 
 
 def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,
@@ -523,19 +529,20 @@ def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, 
 
 
 def seed_section(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,
-                 n_boot: int = 1000) -> list[str]:
-    """BENCHMARKS.md's seeds table (mean +- sd of test AUC over seeds) and the ranking claims it allows."""
+                 n_boot: int = 1000, recipe: str | None = None) -> list[str]:
+    """BENCHMARKS.md's seeds table of one recipe's seed tree (mean +- sd of test AUC over seeds) and the ranking
+    claims it allows."""
     rows, claims = seed_report(cks, seeds_root, dataset, n_boot)
     if not rows:
         return []
-    return ["### Seeds (test AUC over seeds) and the rankings they allow", "", SEED_NOTE, "",
-            markdown(rows, SEED_COLUMNS), "", markdown(claims), ""]
+    return [f"### Seeds{f' ({recipe})' if recipe else ''}: test AUC over seeds and the rankings they allow", "",
+            SEED_NOTE, "", markdown(rows, SEED_COLUMNS), "", markdown(claims), ""]
 
 
-def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_root: Path | None = None,
-                 pretrain_root: Path | None = None) -> None:
+def write_report(root: Path, path: Path, curves_root: Path | None = None,
+                 seeds_roots: Mapping[str, Path] | None = None, pretrain_root: Path | None = None) -> None:
     """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), seeds
-    (under ``seeds_root``), pretraining against random init (under ``pretrain_root``), the learning curve (points
+    (a table per recipe's tree in ``seeds_roots``), pretraining against random init (under ``pretrain_root``), the learning curve (points
     under ``curves_root``) and the published numbers beside."""
     groups: dict[str, list[checkpoints.Checkpoint]] = {}
     for c in checkpoints.find(root):
@@ -566,8 +573,9 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
         if comparison:
             out += ["### Against the MedMNIST-recipe peer baseline (paired bootstrap of test AUC over patients)", "",
                     markdown(comparison), ""]
-        out += seed_section(cks, seeds_root, name)
-        out += pretraining_section(recipe_baselines(cks, seeds_root, name), pretrain_root, name)
+        for recipe, seeds_root in (seeds_roots or {}).items():
+            out += seed_section(cks, seeds_root, name, recipe=recipe)
+        out += pretraining_section(recipe_baselines(cks, (seeds_roots or {}).values(), name), pretrain_root, name)
         if is_multilabel(first.task):
             out += ["### Per-label test AUC", "", markdown(per_label_table(cks)), ""]
         out += multiclass_section(cks)
@@ -596,5 +604,5 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None, seeds_
 def write_project_report() -> None:
     """The project's BENCHMARKS.md: every task under checkpoints/, with its learning curves, seeds and pretraining
     comparisons (what ``run_all.py`` and ``calibrate.py`` regenerate after changing any card)."""
-    write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root(), seeds_root(),
+    write_report(REPO_ROOT / "checkpoints", REPO_ROOT / "BENCHMARKS.md", curves.curves_root(), seed_roots(),
                  pretrain_root())

@@ -188,6 +188,17 @@ def seeds_root() -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+SINGLE_SPLIT_SEEDS = "seeds-single-split"
+
+
+def seed_roots() -> dict[str, Path]:
+    """Every recipe's seed tree, by the recipe it holds: the shipped recipe's seeds 1-2 under :func:`seeds_root`
+    (where ``run_all.py --seeds`` writes), and seeds 0-2 of the single-split recipe of models since retrained
+    cross-validated under ``seeds-single-split/`` (kept so their spread over seeds, and what a single-split chest
+    X-ray fine-tune is compared with, stay readable)."""
+    return {"shipped recipe": seeds_root(), "single split, before cross-validation": REPO_ROOT / SINGLE_SPLIT_SEEDS}
+
+
 def pretrain_root() -> Path:
     """``pretrain/`` beside ``checkpoints/``: chest X-ray pretraining bases (``<base dataset>-<size>/<id>``) and the
     models fine-tuned from them to compare with random init (``<dataset>/from-<base folder>/<id>``); cards,

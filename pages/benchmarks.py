@@ -7,7 +7,7 @@ import streamlit as st
 
 from cxrcore import benchmarks, cards, localisation, published
 from cxrcore.curves import curves_root
-from cxrcore.runs import pretrain_root, seeds_root
+from cxrcore.runs import pretrain_root, seed_roots
 from cxrcore.task import kind_of
 from pages import _common as ui
 
@@ -71,14 +71,15 @@ fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.
 fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)", annotation_position="bottom left")
 fig.update_layout(yaxis=dict(title="test AUC", range=auc_axis(*lo)), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
-seed_rows, seed_claims = benchmarks.seed_report(cks, seeds_root(), sel.dataset)
-if seed_rows:
-    st.subheader("Seeds: test AUC mean +- sd, and the rankings they allow")
-    st.caption(benchmarks.SEED_NOTE)
-    st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
-    st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
-pretrained = benchmarks.pretraining_rows(benchmarks.recipe_baselines(cks, seeds_root(), sel.dataset), pretrain_root(),
-                                          sel.dataset)
+for recipe, root in seed_roots().items():
+    seed_rows, seed_claims = benchmarks.seed_report(cks, root, sel.dataset)
+    if seed_rows:
+        st.subheader(f"Seeds ({recipe}): test AUC mean +- sd, and the rankings they allow")
+        st.caption(benchmarks.SEED_NOTE)
+        st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
+        st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
+pretrained = benchmarks.pretraining_rows(benchmarks.recipe_baselines(cks, seed_roots().values(), sel.dataset),
+                                          pretrain_root(), sel.dataset)
 if pretrained:
     st.subheader("Chest X-ray pretraining against random init")
     st.caption(benchmarks.PRETRAIN_NOTE)

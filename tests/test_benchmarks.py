@@ -290,6 +290,19 @@ def test_held_out_aucs_are_ranked_only_against_their_own_kind(tmp_path):
     assert rows["resnet18"]["held_out_auc"] == single.card.metrics.val.auc_macro
 
 
+def test_a_seed_of_another_recipe_never_joins_a_row(tmp_path):
+    """A cross-validated shipped model with a single-split seed 1 left in its seed tree (no seed 0 of that recipe
+    kept): the row is the shipped model and its cross-validated seed 2 only."""
+    from helpers import fake_checkpoint
+
+    main = [fake_checkpoint(tmp_path / "checkpoints", "cnn_small", seed=1, cv=True)]
+    seeds = tmp_path / "seeds" / "nih14-local"
+    fake_checkpoint(seeds / "seed1", "cnn_small", seed=2)
+    cv_seed = fake_checkpoint(seeds / "seed2", "cnn_small", seed=3, cv=True)
+    row = benchmarks.seed_checkpoints(main, tmp_path / "seeds", "nih14-local")["cnn_small"]
+    assert [c.path for c in row] == [main[0].path, cv_seed.path]
+
+
 def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their_own_recipe(tmp_path):
     """A model retrained cross-validated keeps its single-split seed 0 under seeds/<dataset>/seed0: the seeds row
     and the pretraining comparison use it, so neither mixes recipes."""
@@ -301,12 +314,12 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their
     seed1 = fake_checkpoint(seeds / "nih14-local" / "seed1", "resnet18", seed=3)
     groups = benchmarks.seed_checkpoints(main, seeds, "nih14-local")
     assert [c.path for c in groups["resnet18"]] == [seed0.path, seed1.path]
-    assert [c.path for c in benchmarks.recipe_baselines(main, seeds, "nih14-local")] == [main[0].path, seed0.path]
-    assert [c.path for c in benchmarks.recipe_baselines(main, None, "nih14-local")] == [main[0].path]
+    assert [c.path for c in benchmarks.recipe_baselines(main, [seeds], "nih14-local")] == [main[0].path, seed0.path]
+    assert [c.path for c in benchmarks.recipe_baselines(main, [], "nih14-local")] == [main[0].path]
     pre = tmp_path / "pretrain"
     tuned = {cv: fake_checkpoint(pre / "nih14-local" / f"from-kermany-{cv}", "resnet18", seed=4 + cv, cv=bool(cv))
              for cv in (0, 1)}
-    rows = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, seeds, "nih14-local"), pre, "nih14-local")
+    rows = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, [seeds], "nih14-local"), pre, "nih14-local")
     by_recipe = {r["recipe"]: r for r in rows}
     cv_row, single_row = by_recipe[benchmarks.RECIPE_NAMES[True]], by_recipe[benchmarks.RECIPE_NAMES[False]]
     assert cv_row["held_out_auc_main"] == main[0].card.held_out_auc

@@ -17,7 +17,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ from pydicom.encaps import encapsulate
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
-from pydicom.uid import (JPEG2000, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
+from pydicom.uid import (JPEG2000, DeflatedExplicitVRLittleEndian, JPEG2000Lossless,
                          HTJ2KLossless, JPEGBaseline8Bit, JPEGLSLossless, JPEGLosslessSV1, RLELossless)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

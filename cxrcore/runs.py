@@ -344,8 +344,37 @@ def shared_oof(preds: list[Mapping[str, np.ndarray]]) -> bool:
                and np.array_equal(p["oof_folds"], first["oof_folds"]) for p in preds)
 
 
+MEMBERS_BY_NAME = ("by the caller, on held-out AUC (run_all.py: the best shipped models out of fold, else on "
+                   "validation) or by name")
+
+
+def ensemble_by_held_out(ranked: list[checkpoints.Checkpoint],
+                         min_size: int = 2) -> tuple[list[checkpoints.Checkpoint], dict[int, float]]:
+    """The leading members of ``ranked`` (best held-out AUC first) whose mean calibrated probability has the best
+    held-out macro AUC, and that AUC for every size tried (``min_size`` up to all). Held-out is the pooled
+    out-of-fold predictions where every model was cross-validated on the same folds, else validation: the size is
+    a recipe decision and never reads the test split. Ties go to the smaller ensemble."""
+    preds = [c.predictions() for c in ranked]
+    split = "oof" if shared_oof(preds) else "val"
+    y, task = preds[0][f"{split}_labels"], ranked[0].card.task
+    sizes = range(min(min_size, len(ranked)), len(ranked) + 1)
+    aucs = {k: float(metrics.get_auc(y, np.mean([p[f"{split}_probs"] for p in preds[:k]], axis=0), task))
+            for k in sizes}
+    best = max(aucs, key=lambda k: (round(aucs[k], 6), -k))
+    return ranked[:best], aucs
+
+
+def size_choice(aucs: Mapping[int, float], cross_validated: bool) -> str:
+    """The card's words for how :func:`ensemble_by_held_out` chose the members."""
+    where = "pooled out-of-fold" if cross_validated else "validation"
+    best = max(aucs, key=lambda k: (round(aucs[k], 6), -k))
+    return (f"the top {best} shipped models by {where} AUC: the size whose mean has the best {where} macro AUC "
+            f"(size: AUC {', '.join(f'{k}: {v:.4f}' for k, v in aucs.items())}); the test split was not read")
+
+
 def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,
-                   n_boot: int = 1000, groups: Mapping[str, np.ndarray] | None = None) -> Card:
+                   n_boot: int = 1000, groups: Mapping[str, np.ndarray] | None = None,
+                   how_members: str = MEMBERS_BY_NAME) -> Card:
     """Mean-probability ensemble of ``members`` from their stored predictions; writes card and predictions
     (``groups``: split -> patient id per image, for patient-level CIs; else the members' stored codes). Like a
     trained model's, its card has no test metrics until :mod:`cxrcore.evaluation` reads the test split. When every
@@ -389,8 +418,7 @@ def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command
         versions=versions(), git_commit=git_commit(),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), rebuild_command=command,
         extra={"operating_points": served.operating_points,
-               "how_chosen": {"members": "by the caller, on held-out AUC (run_all.py: the best shipped models "
-                                         "out of fold, else on validation) or by name",
+               "how_chosen": {"members": how_members,
                               "thresholds": f"Youden's J on {fitted_on}",
                               "metrics.test": TEST_READ_ONCE}},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from cxrcore import checkpoints, metrics
@@ -128,3 +129,30 @@ def test_an_ensemble_with_a_single_split_member_is_thresholded_on_validation(tmp
     card = build_ensemble(members, tmp_path / "ensemble", "test", n_boot=20)
     assert not card.cross_validated and "oof_probs" not in checkpoints.read_predictions(tmp_path / "ensemble")
     assert "validation" in card.extra["how_chosen"]["thresholds"]
+
+
+def test_the_ensemble_size_is_chosen_on_out_of_fold_predictions(tmp_path):
+    """Two members that read the labels and one that does not: the mean of the first two beats every other
+    leading subset out of fold, so the third is left out."""
+    import json
+
+    from helpers import fake_checkpoint
+
+    from cxrcore.checkpoints import CARD, Checkpoint, read_card, read_predictions, rewrite
+    from cxrcore.runs import ensemble_by_held_out, size_choice
+
+    ranked = []
+    for k, (model, signal) in enumerate((("vanilla_cnn", 2.0), ("cnn_small", 2.0), ("cnn_deep", 0.0))):
+        ck = fake_checkpoint(tmp_path, model, seed=k + 1, cv=True)
+        preds = read_predictions(ck.path)
+        y = preds["oof_labels"]
+        noise = np.random.default_rng(k).normal(size=y.shape)
+        preds["oof_probs"] = (1 / (1 + np.exp(-(signal * y + noise)))).astype(np.float32)
+        rewrite(ck.path, json.loads((ck.path / CARD).read_text()), preds)
+        ranked.append(Checkpoint(ck.path, read_card(ck.path)))
+    members, aucs = ensemble_by_held_out(ranked)
+    assert [m.id for m in members] == ["vanilla_cnn", "cnn_small"] and list(aucs) == [2, 3]
+    mean = np.mean([m.predictions()["oof_probs"] for m in ranked[:2]], axis=0)
+    assert aucs[2] == pytest.approx(metrics.get_auc(ranked[0].predictions()["oof_labels"], mean))
+    assert aucs[2] > aucs[3]
+    assert "top 2" in size_choice(aucs, True) and "out-of-fold" in size_choice(aucs, True)

@@ -28,8 +28,8 @@ from cxrcore import benchmarks, checkpoints, evaluation, metrics  # noqa: E402
 from cxrcore.calibration import prior_shift  # noqa: E402
 from cxrcore.data import REPO_ROOT  # noqa: E402
 from cxrcore.task import is_multilabel  # noqa: E402
-from cxrcore.runs import (Served, build_ensemble, label_columns, oof_served, oof_shift, raw_predictions,  # noqa: E402
-                          served_outputs, stored_groups, stored_val_rows)
+from cxrcore.runs import (MEMBERS_BY_NAME, Served, build_ensemble, label_columns, oof_served, oof_shift,  # noqa: E402
+                          raw_predictions, served_outputs, stored_groups, stored_val_rows)
 
 ENSEMBLE = "ensemble"
 
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads((folder / checkpoints.CARD).read_text())
         members = [checkpoints.Checkpoint(folder.parent / m, checkpoints.read_card(folder.parent / m))
                    for m in old["members"]]
-        build_ensemble(members, folder, old["rebuild_command"], a.n_boot)
+        build_ensemble(members, folder, old["rebuild_command"], a.n_boot,
+                       how_members=old.get("how_chosen", {}).get("members", MEMBERS_BY_NAME))
         preds = checkpoints.read_predictions(folder)
         print(f"{str(folder.relative_to(a.root)):45s} {held_out_ece(preds['val_labels'], preds['val_raw_probs'], old['task']):.3f}"
               f" -> {held_out_ece(preds['val_labels'], preds['val_probs'], old['task']):.3f} (val; mean of "

@@ -33,13 +33,12 @@ from cxrcore import datasets  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, data_dir, load_dataset  # noqa: E402
 from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
-from cxrcore.runs import (build_ensemble, is_up_to_date, recipe, seed_config, seed_root, seeds_root,  # noqa: E402
-                          train_one)
+from cxrcore.runs import (MEMBERS_BY_NAME, build_ensemble, ensemble_by_held_out, is_up_to_date, recipe,  # noqa: E402
+                          seed_config, seed_root, seeds_root, size_choice, train_one)
 from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
 QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
 QUICK_SUBSET = {"train": 160, "val": 80, "test": 80}
-ENSEMBLE_SIZE = 5
 DEFAULT_CV = 5
 
 
@@ -121,13 +120,18 @@ def trained_here(root: Path) -> dict[str, checkpoints.Checkpoint]:
     return out
 
 
-def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> list[checkpoints.Checkpoint]:
-    """The default ensemble: the ENSEMBLE_SIZE shipped models that converged with the best held-out AUC among those
-    ranked together (:func:`benchmarks.rankable`: out-of-fold where any are cross-validated, else validation; never
-    test), so a fresh clone can rebuild every member."""
+def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> tuple[list[checkpoints.Checkpoint], str]:
+    """The default ensemble and how it was chosen: the shipped models that converged, ranked by held-out AUC among
+    those ranked together (:func:`benchmarks.rankable`: out-of-fold where any are cross-validated, else
+    validation), and of those the leading ones whose mean is best on the same held-out predictions
+    (:func:`runs.ensemble_by_held_out`; never test), so a fresh clone can rebuild every member."""
     pool = [c for c in found.values() if c.has_weights and c.id in list_models() and get_spec(c.id).ship
             and not c.card.not_converged]
-    return sorted(benchmarks.rankable(pool), key=lambda c: -c.card.held_out_auc)[:ENSEMBLE_SIZE]
+    ranked = sorted(benchmarks.rankable(pool), key=lambda c: -c.card.held_out_auc)
+    if len(ranked) < 2:
+        return ranked, MEMBERS_BY_NAME
+    members, aucs = ensemble_by_held_out(ranked)
+    return members, size_choice(aucs, all(c.card.cross_validated for c in ranked))
 
 
 def ensemble_command(base_cmd: str, members: list[checkpoints.Checkpoint]) -> str:
@@ -223,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     members = None
     if not a.train_sizes:  # the ensemble: members chosen on held-out AUC, built before the test split is read
         found = trained_here(out)
-        members = [found[i] for i in a.ensemble if i in found] if a.ensemble is not None else ensemble_members(found)
+        members, how = (([found[i] for i in a.ensemble if i in found], MEMBERS_BY_NAME) if a.ensemble is not None
+                        else ensemble_members(found))
         if len(members) >= 2:
             build_ensemble(members, out / "ensemble", ensemble_command(base_cmd, members),
-                           n_boot=200 if a.quick else 1000, groups=data.extras.get("patients"))
+                           n_boot=200 if a.quick else 1000, groups=data.extras.get("patients"), how_members=how)
     # the last, separate step: the test split, read once; every decision above was taken on held-out data
     print("== test split, read once, after all training (no recipe decision reads it) ==")
     for root, run_data in runs:

@@ -2,7 +2,7 @@
 page, and the one-line description of the training data every page header and PDF report repeats."""
 from __future__ import annotations
 
-from . import datasets
+from . import datasets, metrics
 from .card import Card
 from .checkpoints import Checkpoint
 from .report import ENSEMBLE
@@ -31,8 +31,9 @@ def _fmt(value: object, digits: int = 3) -> str:
 def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
     """A card as titled (field, value) lists a clinician can read, in the order they are asked about."""
     c = ck.card
-    test, val = c.metrics.test, c.metrics.val
+    test = c.metrics.test
     lo, hi = test.auc_macro_ci or (None, None)
+    h_lo, h_hi = c.held_out_ci or (None, None)
     init = c.init
     norm = "n/a" if c.normalisation is None else f"mean {c.normalisation[0]:g}, std {c.normalisation[1]:g}"
     sections = {
@@ -44,7 +45,9 @@ def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
                           ("Task", c.task), ("Labels", ", ".join(c.label_names))],
         "Initialisation": [("Kind", init.kind), ("Source", init.source), ("Weights SHA-256", _fmt(init.sha256))],
         "Results": [("Test AUC (95% CI)", f"{_fmt(test.auc_macro)} ({_fmt(lo)}-{_fmt(hi)})"),
-                    ("Validation AUC", _fmt(val.auc_macro)), ("Test accuracy (0.5)", _fmt(test.acc)),
+                    (f"Held-out AUC ({held_out_split(c)}; 95% CI)",
+                     f"{_fmt(c.held_out_auc)} ({_fmt(h_lo)}-{_fmt(h_hi)})"),
+                    ("Test accuracy (0.5)", _fmt(test.acc)),
                     ("Test sensitivity / specificity (card thresholds)",
                      f"{_fmt(test.sensitivity_macro)} / {_fmt(test.specificity_macro)}"),
                     ("Test calibration error (ECE)", _fmt(test.ece))],
@@ -55,12 +58,27 @@ def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
                        ("Created", _fmt(c.created)), ("Rebuild", c.rebuild), ("Card schema", str(c.schema_version))],
     }
     if c.members:
-        sections["Model"].insert(0, ("Members", ", ".join(c.members)))
+        how = c.extra.get("how_chosen", {}).get("members")
+        sections["Model"].insert(0, ("Members", ", ".join(c.members) + (f" ({how})" if how else "")))
     if init.lora_base:
         base = init.lora_base
         sections["Initialisation"].insert(1, ("LoRA base", f"{base['id']} ({base.get('path') or base.get('source')}); "
                                                            "frozen, only the adapters and the head were trained"))
     return sections
+
+
+def held_out_split(card: Card) -> str:
+    """What the card's held-out figures were measured on, in words."""
+    return "out-of-fold, every train + val image" if card.cross_validated else "validation"
+
+
+def threshold_limit(card: Card) -> str:
+    """How many labels the model makes calls for, and on what its thresholds rest."""
+    th = next(iter(card.thresholds.values()), [])
+    n = sum(t is not None for t in th)
+    return (f"Calls are made for {n} of {len(card.label_names)} labels: thresholds were chosen on held-out "
+            f"predictions ({held_out_split(card)}), only where a label has at least {metrics.MIN_POSITIVES} positives "
+            "there and a held-out AUC whose 95% CI excludes 0.5. They are not tuned to any clinical population.")
 
 
 def hparam_rows(card: Card) -> list[tuple[str, str]]:
@@ -76,7 +94,7 @@ def card_limits(ck: Checkpoint) -> list[str]:
            "small findings (nodules, thin pneumothorax) may be invisible to it.",
            f"Evaluated on {n_test} held-out images of the same source only; "
            "no external or prospective validation.",
-           "Thresholds were chosen on the validation split; they are not calibrated to any clinical population."]
+           threshold_limit(c)]
     entry = datasets.find(d.name)
     out += list(entry.limits if entry else ())
     out += [f"Checkpoint note: {n}." for n in ck.notes]

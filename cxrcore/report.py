@@ -316,7 +316,7 @@ def table_note(report: CaseReport) -> str:
     """How to read the label table, and where its thresholds came from."""
     users = sum(len(v) for v in report.user_set.values())
     return (f"'{POSITIVE}', bold and shaded: a positive call, the probability at or above the threshold printed beneath "
-            f"it. 'no call': no threshold with enough validation evidence, the score is shown only. Thresholds: "
+            f"it. 'no call': no threshold with enough held-out evidence, the score is shown only. Thresholds: "
             f"{report.threshold_source}."
             + (f" {USER_MARK} set by the user on the ROC page ({users} in force)." if users else ""))
 

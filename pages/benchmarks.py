@@ -60,9 +60,9 @@ else:
 stored_ensemble = next((c.card for c in cks if c.card.members), None)
 if stored_ensemble:
     st.caption(f"**ensemble**: the stored ensemble, the mean calibrated probability of "
-               f"{', '.join(stored_ensemble.members)} (the {len(stored_ensemble.members)} shipped models with the best "
-               f"{'out-of-fold' if stored_ensemble.cross_validated else 'validation'} AUC); not the live mean of the "
-               "models chosen in the sidebar that Compare shows.")
+               f"{', '.join(stored_ensemble.members)} "
+               f"({stored_ensemble.extra.get('how_chosen', {}).get('members', 'chosen on held-out AUC')}); not the "
+               "live mean of the models chosen in the sidebar that Compare shows.")
 
 lo, hi = zip(*(ck.card.metrics.test.auc_macro_ci or (ck.card.metrics.test.auc_macro,) * 2 for ck in cks))
 fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.colors(list(table.index)).values()),

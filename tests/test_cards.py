@@ -26,7 +26,16 @@ def test_card_sections_and_limits_are_readable(nih):
     assert "400 train / 80 val / 120 test" in dict(sections["Training data"])["Data"]
     assert any("not shipped" in line for line in cards.card_limits(unshipped))
     ensemble = next(c for c in nih if c.id == ENSEMBLE)
-    assert dict(cards.card_sections(ensemble)["Model"])["Members"] == "vanilla_cnn, vit_scratch, resnet18"
+    assert dict(cards.card_sections(ensemble)["Model"])["Members"].startswith("vanilla_cnn, vit_scratch, resnet18 (by")
+
+
+def test_a_card_states_its_held_out_split_and_how_many_labels_it_calls(nih):
+    ck = next(c for c in nih if c.id == "vanilla_cnn")
+    results = dict(cards.card_sections(ck)["Results"])
+    assert results["Held-out AUC (validation; 95% CI)"].startswith(f"{ck.card.held_out_auc:.3f} (")
+    called = sum(t is not None for t in ck.card.thresholds["youden_val"])
+    limit = next(line for line in cards.card_limits(ck) if line.startswith("Calls are made for"))
+    assert limit.startswith(f"Calls are made for {called} of 14 labels") and "excludes 0.5" in limit
 
 
 def test_a_model_that_did_not_converge_says_so_in_its_limits(nih):

@@ -30,7 +30,7 @@ from .imaging import DecodedImage, Limits, decode, to_dataset_size
 from .inference import LoadedModel
 from .ood import features, load_for, too_coarse
 from .report import ENSEMBLE, CaseReport, ReportModel
-from .runs import val_operating_points
+from .runs import held_out_split, shared_oof, val_operating_points
 
 DEFAULT_THRESHOLD = 0.5
 DISPLAY_SIZE = 320  # px of the square the app draws images and CAMs at
@@ -262,7 +262,7 @@ def card_points(card: Card) -> list[metrics.OperatingPoint]:
 def points_in_force(default: Sequence[metrics.OperatingPoint], label_names: Sequence[str], y_val: np.ndarray,
                     p_val: np.ndarray, overrides: Mapping[str, float] | None = None) -> list[metrics.OperatingPoint]:
     """The operating points in force: ``default`` per label, replaced where the user set a threshold (by label name;
-    NaN: no call), used as set, with its validation evidence (``y_val``/``p_val``: one column per label)."""
+    NaN: no call), used as set, with its held-out evidence (``y_val``/``p_val``: one column per label)."""
     out = list(default)
     for j, name in enumerate(label_names):
         if overrides and name in overrides:
@@ -291,8 +291,8 @@ def threshold_source(overrides: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def expected_false_calls(y_val: np.ndarray, p_val: np.ndarray, thresholds: Sequence[float], task: str) -> float:
-    """Expected false calls per normal film at these thresholds, measured on the validation films without a
-    finding (multi-label), or per film of any kind (single-label tasks, where every film has a class)."""
+    """Expected false calls per normal film at these thresholds, measured on held-out films without a finding
+    (multi-label), or per film of any kind (single-label tasks, where every film has a class)."""
     return metrics.false_calls_per_film(y_val, p_val, np.asarray(thresholds, dtype=float), is_multilabel(task))
 
 
@@ -300,11 +300,11 @@ def expected_false_calls(y_val: np.ndarray, p_val: np.ndarray, thresholds: Seque
 
 def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Stored predictions of the ensemble of members evaluated on the same images: the mean of their stored
-    (calibrated) probabilities."""
+    (calibrated) probabilities, out of fold too where every member was cross-validated on the same folds."""
     if not preds:
         raise ValueError("an ensemble needs at least one member")
     out = {}
-    for split in ("val", "test"):
+    for split in ("val", "test", "oof") if shared_oof(preds) else ("val", "test"):
         labels = preds[0][f"{split}_labels"]
         if any(p[f"{split}_labels"].shape != labels.shape or not np.array_equal(p[f"{split}_labels"], labels)
                for p in preds):
@@ -319,10 +319,11 @@ def ensemble_predictions(preds: Sequence[Mapping[str, np.ndarray]]) -> dict[str,
 
 def ensemble_points(ensemble_preds: Mapping[str, np.ndarray], task: str) -> list[metrics.OperatingPoint]:
     """Operating points of the ensemble column: Youden J per label on the mean of the members' stored calibrated
-    *validation* probabilities, by the same rule (and evidence) that chose each member's, so no test image
-    influences a call."""
-    return val_operating_points(ensemble_preds["val_labels"], ensemble_preds["val_probs"], task,
-                                ensemble_preds.get("val_groups"))
+    held-out probabilities (out of fold where they share folds, else validation), by the same rule (and evidence)
+    that chose each member's, so no test image influences a call."""
+    split = held_out_split(ensemble_preds)
+    return val_operating_points(ensemble_preds[f"{split}_labels"], ensemble_preds[f"{split}_probs"], task,
+                                ensemble_preds.get(f"{split}_groups"))
 
 
 # ---- Grad-CAM and NIH boxes -----------------------------------------------------------------------------------------

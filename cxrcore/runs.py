@@ -12,7 +12,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -336,7 +336,13 @@ def train_one(model_id: str, data: Dataset, cfg: TrainConfig, out_root: Path, co
     return card
 
 
-def shared_oof(preds: list[Mapping[str, np.ndarray]]) -> bool:
+def held_out_split(preds: Mapping[str, np.ndarray]) -> str:
+    """The stored split a model's thresholds and their evidence come from: ``oof`` (every train + val image, out
+    of fold) where it was cross-validated, else ``val``."""
+    return "oof" if "oof_probs" in preds else "val"
+
+
+def shared_oof(preds: Sequence[Mapping[str, np.ndarray]]) -> bool:
     """Whether every member was cross-validated on the same pool with the same folds, so their out-of-fold
     predictions can be averaged image by image (the ensemble is then chosen and thresholded out of fold too)."""
     first = preds[0]

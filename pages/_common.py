@@ -554,16 +554,22 @@ def default_points(sel: Selection, column: str) -> list[metrics.OperatingPoint]:
 
 
 def points(sel: Selection) -> dict[str, list[metrics.OperatingPoint]]:
-    """The operating points in force for every column, with their validation evidence."""
+    """The operating points in force for every column, with their held-out evidence."""
     changed = overrides(sel.dataset)
     out = {}
     for c in sel.columns:
         default = default_points(sel, c)
         if changed.get(c):
-            y, p = benchmarks.split_arrays(stored(sel, c), "val", sel.task)
+            y, p = held_out(stored(sel, c), sel.task)
             default = compare.points_in_force(default, sel.label_names, y, p, changed[c])
         out[c] = default
     return out
+
+
+def held_out(preds: Mapping[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """A column's held-out (labels, calibrated probabilities): out of fold where cross-validated, else validation,
+    the images its thresholds were chosen on."""
+    return benchmarks.split_arrays(preds, runs.held_out_split(preds), task)
 
 
 def thresholds(sel: Selection) -> dict[str, np.ndarray]:
@@ -572,11 +578,11 @@ def thresholds(sel: Selection) -> dict[str, np.ndarray]:
 
 
 def false_calls(sel: Selection, column: str, thresholds: np.ndarray) -> float:
-    """Expected false calls per normal film of a column at these thresholds, from its stored validation
-    predictions (NaN when it has none)."""
+    """Expected false calls per normal film of a column at these thresholds, from its stored held-out predictions
+    (NaN when it has none)."""
     if column != ENSEMBLE and not sel.checkpoint(column).has_predictions:
         return float("nan")
-    y, p = benchmarks.split_arrays(stored(sel, column), "val", sel.task)
+    y, p = held_out(stored(sel, column), sel.task)
     return compare.expected_false_calls(y, p, thresholds, sel.task)
 
 
@@ -680,11 +686,11 @@ def roc_band(sel: Selection, column: str, label: int) -> dict[str, list[float]]:
 @dataclass(frozen=True)
 class LabelCurves:
     """What the ROC page draws and measures for one column and label, none of which depends on the thresholds:
-    test labels and scores, validation scores, the presets chosen on a split, the ROC and PR curves and the AUC."""
+    test labels and scores, held-out scores, the presets chosen on a split, the ROC and PR curves and the AUC."""
 
     y_test: np.ndarray
     p_test: np.ndarray
-    p_val: np.ndarray
+    p_held_out: np.ndarray
     presets: dict[str, metrics.OperatingPoint]
     roc: dict[str, list[float]]
     pr: dict[str, list[float]]
@@ -695,15 +701,21 @@ class LabelCurves:
 def _label_curves(root: str, dataset: str, column: str, ids: tuple[str, ...], label: int, task: str,
                   fit_on: str) -> LabelCurves:
     preds = _stored(root, dataset, column, ids)
-    (y_test, p_test), (y_fit, p_fit) = (benchmarks.split_arrays(preds, s, task) for s in ("test", fit_on))
+    held = runs.held_out_split(preds)
+    fit_split = held if fit_on == HELD_OUT else fit_on
+    (y_test, p_test), (y_fit, p_fit) = (benchmarks.split_arrays(preds, s, task) for s in ("test", fit_split))
     y, p = y_test[:, label], p_test[:, label]
     card_point = _default_points(root, dataset, column, ids, task)[label]
-    return LabelCurves(y, p, benchmarks.split_arrays(preds, "val", task)[1][:, label],
+    return LabelCurves(y, p, benchmarks.split_arrays(preds, held, task)[1][:, label],
                        compare.preset_points(y_fit[:, label], p_fit[:, label], card_point,
-                                             runs.stored_groups(preds, fit_on)),
+                                             runs.stored_groups(preds, fit_split)),
                        metrics.roc(y, p), metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
 
 
+HELD_OUT = "held_out"  # presets chosen where the card's thresholds were: out of fold, else validation
+
+
 def label_curves(sel: Selection, column: str, label: int, fit_on: str) -> LabelCurves:
-    """One column's curves for one label (presets chosen on ``fit_on``), computed once per process."""
+    """One column's curves for one label (presets chosen on ``fit_on``: :data:`HELD_OUT` or ``test``), computed
+    once per process."""
     return _label_curves(str(sel.root), sel.dataset, column, _members(sel, column), label, sel.task, fit_on)

@@ -112,7 +112,7 @@ with right:
     false_calls = ui.false_calls(sel, lead, comp.thresholds[lead])
     b.metric("False calls per normal film", ui.fmt(false_calls, 2), border=True,
              help=f"Of {comp.label(lead)}, expected at these thresholds, whatever this film shows: the mean number of "
-                  "positive calls on the validation films without any finding. Read each call with its PPV below.")
+                  "positive calls on the held-out films without any finding. Read each call with its PPV below.")
     c.metric("Labels where models split", int(agree["split"].sum()), border=True,
              help="At least one model calls the label positive and at least one negative (no call counts neither).")
     multiclass = kind_of(sel.task) == "multi-class"

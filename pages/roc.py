@@ -32,10 +32,12 @@ c1, c2 = st.columns([2, 3])
 label = c1.selectbox("Label", names, format_func=lambda n: f"{n}  ✎ your thresholds" if n in marked else n,
                      help="✎: a label where you set a threshold (listed, with a reset, under Your thresholds).",
                      **ui.persist("roc.label", names[0] if is_multilabel(sel.task) else names[-1], names))
-fit_on = c2.radio("Presets chosen on", ["val", "test"], horizontal=True,
-                  format_func={"val": "validation split (honest)", "test": "test split (optimistic)"}.get,
-                  help="The statistics below are always measured on the test split.",
-                  **ui.persist("roc.fit", "val", ["val", "test"]))
+fit_on = c2.radio("Presets chosen on", [ui.HELD_OUT, "test"], horizontal=True,
+                  format_func={ui.HELD_OUT: "held-out images (honest)", "test": "test split (optimistic)"}.get,
+                  help="Held-out: where the cards' thresholds were chosen, out of fold (every train + val image) "
+                       "for cross-validated models, else the validation split. The statistics below are always "
+                       "measured on the test split.",
+                  **ui.persist("roc.fit", ui.HELD_OUT, [ui.HELD_OUT, "test"]))
 j = names.index(label)
 if kind_of(sel.task) == "multi-class":
     st.caption(f"One-vs-rest: **{label}** against the other {len(names) - 1} classes, scored by its probability. "
@@ -155,13 +157,14 @@ def adjust(c: str, stats: dict, at_default: dict, point: metrics.OperatingPoint)
     if not np.isfinite(point.value):
         st.warning(f"No call for {label}: {point.reason}. The Compare page shows the score and makes no call unless "
                    "you set a threshold here.", icon=":material/block:")
-    elif (refusal := metrics.threshold_refusal(point.value, curves[c].p_val)) is not None:
-        st.warning(f"Set by hand, and outside what validation supports: {refusal}.", icon=":material/warning:")
+    elif (refusal := metrics.threshold_refusal(point.value, curves[c].p_held_out)) is not None:
+        st.warning(f"Set by hand, and outside what the held-out images support: {refusal}.",
+                   icon=":material/warning:")
     else:
-        st.caption(f"On validation at this threshold: sensitivity {ui.fmt(point.sensitivity, 2)}, specificity "
+        st.caption(f"On the held-out images at this threshold: sensitivity {ui.fmt(point.sensitivity, 2)}, specificity "
                    f"{ui.fmt(point.specificity, 2)}, PPV {ui.fmt(point.ppv, 2)}, from {point.positives} positives.")
     st.slider(f"Threshold of {shown[c]} for {label}", 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=store,
-              args=(c,), help=f"Card / validation default: {ui.fmt(defaults[c])}")
+              args=(c,), help=f"The card's default (held-out Youden J): {ui.fmt(defaults[c])}")
     cells = st.columns(3)
     for k, name in enumerate(n for n in ui.STAT_NAMES if n != "threshold"):
         delta = stats[c][name] - at_default[c][name]
@@ -215,10 +218,10 @@ def operating_points() -> None:
 
 
 operating_points()
-split_name = {"val": "validation", "test": "test"}[fit_on]
-with st.expander(f"Each preset's threshold per model, chosen on the {split_name} split, and the positives it rests on"):
+split_name = {ui.HELD_OUT: "held-out images", "test": "test split"}[fit_on]
+with st.expander(f"Each preset's threshold per model, chosen on the {split_name}, and the positives it rests on"):
     # outside the fragment: presets depend on the label and split only, so a threshold move need not redraw them
     st.table(pd.DataFrame({p: {shown[c]: preset_cell(curves[c].presets[p]) for c in columns} for p in compare.PRESETS}))
-    st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives; one at 0, 1 or outside the observed "
-               "scores is refused; a target that no usable threshold meets is reported. Where a preset has none, "
-               "applying it makes no call.")
+    st.caption(f"A threshold needs at least {metrics.MIN_POSITIVES} positives and a score that separates (the "
+               "label's AUC 95 % CI excludes 0.5); one at 0, 1 or outside the observed scores is refused; a target "
+               "that no usable threshold meets is reported. Where a preset has none, applying it makes no call.")

@@ -208,6 +208,20 @@ def test_ensemble_points_are_youden_on_calibrated_validation_only(nih):
     assert compare.ensemble_points(shuffled, metrics.TASK_MULTILABEL) == pts
 
 
+def test_the_live_mean_of_cross_validated_members_is_thresholded_out_of_fold(tmp_path):
+    """Members cross-validated on the same folds: the mean is also taken out of fold, and its thresholds rest on
+    every train + val image (480 here) rather than the 80 validation ones."""
+    from helpers import fake_checkpoint
+
+    members = [fake_checkpoint(tmp_path, m, seed=s, cv=True).predictions() for m, s in (("vanilla_cnn", 1),
+                                                                                         ("cnn_small", 2))]
+    ens = compare.ensemble_predictions(members)
+    np.testing.assert_allclose(ens["oof_probs"], (members[0]["oof_probs"] + members[1]["oof_probs"]) / 2)
+    pts = compare.ensemble_points(ens, metrics.TASK_MULTILABEL)
+    assert [q.positives for q in pts] == [int(v) for v in ens["oof_labels"].sum(0)]
+    assert len(ens["oof_labels"]) == 480
+
+
 def test_the_live_mean_is_named_for_what_it_is():
     assert three_models().label(ENSEMBLE) == "mean of 3 selected" and three_models().label("m1") == "m1"
 

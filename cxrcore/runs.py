@@ -354,12 +354,29 @@ MEMBERS_BY_NAME = ("by the caller, on held-out AUC (run_all.py: the best shipped
                    "validation) or by name")
 
 
-def ensemble_by_held_out(ranked: list[checkpoints.Checkpoint],
-                         min_size: int = 2) -> tuple[list[checkpoints.Checkpoint], dict[int, float]]:
+@dataclass(frozen=True)
+class EnsembleChoice:
+    """The ensemble :func:`ensemble_by_held_out` chose: its members, the held-out split it was chosen on (``oof``
+    or ``val``) and the held-out macro AUC of the mean of every leading subset tried, by size."""
+
+    members: list[checkpoints.Checkpoint]
+    split: str
+    auc_by_size: dict[int, float]
+
+    @property
+    def how(self) -> str:
+        """The card's words for how the members were chosen."""
+        where = "pooled out-of-fold" if self.split == "oof" else "validation"
+        sizes = ", ".join(f"{k}: {v:.4f}" for k, v in self.auc_by_size.items())
+        return (f"the top {len(self.members)} shipped models by {where} AUC: the size whose mean has the best "
+                f"{where} macro AUC (size: AUC {sizes}); the test split was not read")
+
+
+def ensemble_by_held_out(ranked: list[checkpoints.Checkpoint], min_size: int = 2) -> EnsembleChoice:
     """The leading members of ``ranked`` (best held-out AUC first) whose mean calibrated probability has the best
-    held-out macro AUC, and that AUC for every size tried (``min_size`` up to all). Held-out is the pooled
-    out-of-fold predictions where every model was cross-validated on the same folds, else validation: the size is
-    a recipe decision and never reads the test split. Ties go to the smaller ensemble."""
+    held-out macro AUC, trying ``min_size`` up to all. Held-out is the pooled out-of-fold predictions where every
+    model was cross-validated on the same folds, else validation: the size is a recipe decision and never reads the
+    test split. Ties go to the smaller ensemble."""
     preds = [c.predictions() for c in ranked]
     split = "oof" if shared_oof(preds) else "val"
     y, task = preds[0][f"{split}_labels"], ranked[0].card.task
@@ -367,15 +384,7 @@ def ensemble_by_held_out(ranked: list[checkpoints.Checkpoint],
     aucs = {k: float(metrics.get_auc(y, np.mean([p[f"{split}_probs"] for p in preds[:k]], axis=0), task))
             for k in sizes}
     best = max(aucs, key=lambda k: (round(aucs[k], 6), -k))
-    return ranked[:best], aucs
-
-
-def size_choice(aucs: Mapping[int, float], cross_validated: bool) -> str:
-    """The card's words for how :func:`ensemble_by_held_out` chose the members."""
-    where = "pooled out-of-fold" if cross_validated else "validation"
-    best = max(aucs, key=lambda k: (round(aucs[k], 6), -k))
-    return (f"the top {best} shipped models by {where} AUC: the size whose mean has the best {where} macro AUC "
-            f"(size: AUC {', '.join(f'{k}: {v:.4f}' for k, v in aucs.items())}); the test split was not read")
+    return EnsembleChoice(ranked[:best], split, aucs)
 
 
 def build_ensemble(members: list[checkpoints.Checkpoint], out_dir: Path, command: str,

@@ -139,7 +139,7 @@ def test_the_ensemble_size_is_chosen_on_out_of_fold_predictions(tmp_path):
     from helpers import fake_checkpoint
 
     from cxrcore.checkpoints import CARD, Checkpoint, read_card, read_predictions, rewrite
-    from cxrcore.runs import ensemble_by_held_out, size_choice
+    from cxrcore.runs import ensemble_by_held_out
 
     ranked = []
     for k, (model, signal) in enumerate((("vanilla_cnn", 2.0), ("cnn_small", 2.0), ("cnn_deep", 0.0))):
@@ -150,9 +150,10 @@ def test_the_ensemble_size_is_chosen_on_out_of_fold_predictions(tmp_path):
         preds["oof_probs"] = (1 / (1 + np.exp(-(signal * y + noise)))).astype(np.float32)
         rewrite(ck.path, json.loads((ck.path / CARD).read_text()), preds)
         ranked.append(Checkpoint(ck.path, read_card(ck.path)))
-    members, aucs = ensemble_by_held_out(ranked)
-    assert [m.id for m in members] == ["vanilla_cnn", "cnn_small"] and list(aucs) == [2, 3]
+    choice = ensemble_by_held_out(ranked)
+    aucs = choice.auc_by_size
+    assert [m.id for m in choice.members] == ["vanilla_cnn", "cnn_small"] and list(aucs) == [2, 3]
     mean = np.mean([m.predictions()["oof_probs"] for m in ranked[:2]], axis=0)
     assert aucs[2] == pytest.approx(metrics.get_auc(ranked[0].predictions()["oof_labels"], mean))
-    assert aucs[2] > aucs[3]
-    assert "top 2" in size_choice(aucs, True) and "out-of-fold" in size_choice(aucs, True)
+    assert aucs[2] > aucs[3] and choice.split == "oof"
+    assert choice.how.startswith("the top 2 shipped models by pooled out-of-fold AUC")

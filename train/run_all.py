@@ -34,7 +34,7 @@ from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, data_dir, 
 from cxrcore.engine import Dist  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
 from cxrcore.runs import (MEMBERS_BY_NAME, build_ensemble, ensemble_by_held_out, is_up_to_date, recipe,  # noqa: E402
-                          seed_config, seed_root, seeds_root, size_choice, train_one)
+                          seed_config, seed_root, seeds_root, train_one)
 from cxrcore.zoo import get_spec, list_models  # noqa: E402
 
 QUICK_MODELS = ["vanilla_cnn", "resnet18", "mobilenet_v2", "efficientnet_lite0", "vit_scratch"]
@@ -130,8 +130,8 @@ def ensemble_members(found: dict[str, checkpoints.Checkpoint]) -> tuple[list[che
     ranked = sorted(benchmarks.rankable(pool), key=lambda c: -c.card.held_out_auc)
     if len(ranked) < 2:
         return ranked, MEMBERS_BY_NAME
-    members, aucs = ensemble_by_held_out(ranked)
-    return members, size_choice(aucs, all(c.card.cross_validated for c in ranked))
+    choice = ensemble_by_held_out(ranked)
+    return choice.members, choice.how
 
 
 def ensemble_command(base_cmd: str, members: list[checkpoints.Checkpoint]) -> str:

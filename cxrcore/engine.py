@@ -164,6 +164,10 @@ def resolve_precision(requested: str, dev: torch.device) -> str:
         return "bf16" if cpu_has_bf16() else "fp32"
     if requested == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 training needs a GPU; on a CPU use bf16 or fp32")
+    if requested == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        warnings.warn("bf16 on a CPU without avx512_bf16/AMX is emulated: training runs several times slower than "
+                      "in fp32 (a Kermany epoch of vanilla_cnn: about 6.5 min against 51 s on 2 cores), and the card "
+                      "records bf16, so its rebuild asks for it too", RuntimeWarning, stacklevel=2)
     return requested
 
 

@@ -374,7 +374,9 @@ def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, 
         if base.trained_precision != ck.card.trained_precision:
             change = ", ".join(filter(None, [change, f"precision {base.trained_precision} -> "
                                                      f"{ck.card.trained_precision}"]))
-        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated], "base": ck.card.init.source,
+        base_folder = ck.path.parent.name.removeprefix("from-")  # which base: the folder says, the card's sha256 pins
+        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated],
+                     "base": f"pretrain/{base_folder}/{ck.id}",
                      "init_main": base.init.kind,
                      "recipe_change": change or "none",
                      "held_out_auc_main": base.held_out_auc, "held_out_auc_pretrained": ck.card.held_out_auc,

@@ -325,6 +325,7 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their
     assert cv_row["held_out_auc_main"] == main[0].card.held_out_auc
     assert cv_row["held_out_auc_pretrained"] == tuned[1].card.held_out_auc
     assert single_row["held_out_auc_main"] == seed0.card.metrics.val.auc_macro
+    assert (cv_row["base"], single_row["base"]) == ("pretrain/kermany-1/resnet18", "pretrain/kermany-0/resnet18")
 
 
 def test_markdown_leaves_a_missing_figure_blank():

@@ -1,6 +1,8 @@
 """cxrcore.crossval: patient-grouped folds, OOF pooling, epoch choice."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,8 @@ def test_calibrate_refits_a_cv_card_on_its_stored_oof_predictions(cv_run, tmp_pa
     for k in before:
         np.testing.assert_allclose(after[k], before[k], atol=1e-6, err_msg=k)
     assert again.thresholds == card.thresholds and again.metrics.test is None
+    written = json.loads((folder / checkpoints.CARD).read_text())["metrics"]
+    assert "val_loss" not in written  # a cross-validated card has no validation loss; none is invented as null
 
 
 def test_the_card_says_how_each_number_was_chosen(cv_run):

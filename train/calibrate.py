@@ -60,7 +60,8 @@ def calibrate_folder(folder: Path, n_boot: int) -> tuple[str, float, float]:
     stored = checkpoints.read_predictions(folder)
     raw = {**raw_predictions(stored), **{k: v for k, v in stored.items() if k.endswith("_raw_probs")}}
     served, split = served_again(card, raw, n_boot)
-    losses = {k: card["metrics"].get(k) for k in ("train_loss", "val_loss")}
+    losses = {k: card["metrics"][k] for k in ("train_loss", "val_loss")
+              if card["metrics"].get(k) is not None}  # as the card writer does: no key for a loss it has not got
     card.update(calibration=served.calibration, thresholds=served.thresholds,
                 operating_points=served.operating_points, metrics={**served.metrics, **losses})
     preds = {k: np.asarray(v, dtype=np.float32) for k, v in served.predictions.items()}

@@ -544,8 +544,8 @@ def seed_section(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
 def write_report(root: Path, path: Path, curves_root: Path | None = None,
                  seeds_roots: Mapping[str, Path] | None = None, pretrain_root: Path | None = None) -> None:
     """BENCHMARKS.md: every dataset's Table 1 with CIs, provenance, limits, confusion matrices (multi-class), seeds
-    (a table per recipe's tree in ``seeds_roots``), pretraining against random init (under ``pretrain_root``), the learning curve (points
-    under ``curves_root``) and the published numbers beside."""
+    (a table per recipe's tree in ``seeds_roots``), pretraining against random init (under ``pretrain_root``), the
+    learning curve (points under ``curves_root``) and the published numbers beside."""
     groups: dict[str, list[checkpoints.Checkpoint]] = {}
     for c in checkpoints.find(root):
         groups.setdefault(c.dataset, []).append(c)
@@ -556,8 +556,9 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None,
            "with a 95 % bootstrap CI over test patients where the dataset names them (else images); accuracy is MedMNIST's getACC (threshold 0.5, or argmax);",
            "sensitivity/specificity are label means at each model's thresholds chosen on held-out predictions (Youden",
            "J; pooled out-of-fold where the model was cross-validated, else validation), over the labels with at least",
-           f"{metrics.MIN_POSITIVES} held-out positives (the others get no threshold and no call). Probabilities are",
-           "calibrated on the same held-out predictions (see Calibration).", ""]
+           f"{metrics.MIN_POSITIVES} held-out positives and a held-out AUC whose 95 % CI excludes 0.5 (the others get",
+           "no threshold and no call). Probabilities are calibrated on the same held-out predictions (see Calibration).",
+           ""]
     for name, cks in groups.items():
         first = cks[0].card
         d = first.dataset

@@ -166,7 +166,7 @@ def resolve_precision(requested: str, dev: torch.device) -> str:
         raise ValueError("fp16 training needs a GPU; on a CPU use bf16 or fp32")
     if requested == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
         warnings.warn("bf16 on a CPU without avx512_bf16/AMX is emulated: training runs several times slower than "
-                      "in fp32 (a Kermany epoch of vanilla_cnn: about 6.5 min against 51 s on 2 cores), and the card "
+                      "in fp32 (a Kermany epoch of vanilla_cnn at one thread: about 6.5 min against 51 s), and the card "
                       "records bf16, so its rebuild asks for it too", RuntimeWarning, stacklevel=2)
     return requested
 

@@ -252,9 +252,9 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
                      dataset: str) -> dict[str, list[checkpoints.Checkpoint]]:
     """Every model's seeds of one recipe, seed 0 first, then ``<seeds_root>/<dataset>/seed<k>/<id>`` in seed order
     (``run_all.py --seeds N``). Seed 0 is the main checkpoint, or ``<seeds_root>/<dataset>/seed0/<id>`` where one is
-    kept: the single-split seed 0 of a model since retrained by another recipe (cross-validated). A seed whose
-    recipe (cross-validated or not) differs from its row's seed 0 is left out, so a row never mixes recipes. The
-    ensemble is left out (it has no seed of its own)."""
+    kept: seed 0 of a recipe the shipped model has since left (single split, random init). A seed whose recipe
+    (:attr:`Card.recipe`: cross-validated or not, and what it started from) differs from its row's seed 0 is left
+    out, so a row never mixes recipes. The ensemble is left out (it has no seed of its own)."""
     inside = (lambda c: seeds_root is not None and Path(seeds_root).resolve() in c.path.resolve().parents)
     out = {c.id: [c] for c in main if not c.card.members and not inside(c)}
     if seeds_root is None or not (Path(seeds_root) / dataset).is_dir():
@@ -264,7 +264,7 @@ def seed_checkpoints(main: Sequence[checkpoints.Checkpoint], seeds_root: Path | 
         if c.id in out and c.card.dataset.split_checksum == out[c.id][0].card.dataset.split_checksum:
             if c.path.parent.name == SEED0:
                 out[c.id][0] = c
-            elif c.card.cross_validated == out[c.id][0].card.cross_validated:
+            elif c.card.recipe == out[c.id][0].card.recipe:
                 out[c.id].append(c)
     return out
 
@@ -357,12 +357,14 @@ PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the proj
 
 def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
     """Per fine-tuned model under ``<root>/<dataset>/from-<base>/<id>``: its held-out and test AUC beside the task's
-    own model of the same id and recipe (``main``: see :func:`recipe_baselines`; cross-validated against
-    cross-validated, single split against single split), and the gains."""
+    own model of the same id and recipe that starts from random init or ImageNet (``main``: see
+    :func:`recipe_baselines`; cross-validated against cross-validated, single split against single split), and the
+    gains."""
     folder = Path(root) / dataset if root is not None else None
     if folder is None or not folder.is_dir():
         return []
-    by_recipe = {(c.id, c.card.cross_validated): c.card for c in main if not c.card.members}
+    by_recipe = {(c.id, c.card.cross_validated): c.card for c in main  # the model's own start: random or ImageNet
+                 if not c.card.members and c.card.init.kind not in ("checkpoint", "lora")}
     rows = []
     for ck in checkpoints.find(folder):
         base = by_recipe.get((ck.id, ck.card.cross_validated))

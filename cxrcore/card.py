@@ -366,6 +366,12 @@ class Card:
         return bool(self.metrics.extra.get("oof"))
 
     @property
+    def recipe(self) -> tuple[bool, str, str | None]:
+        """What makes two runs of one model the same recipe, seeds apart: cross-validated or not, and the kind of
+        start (a project checkpoint or LoRA base: which one, by sha256)."""
+        return self.cross_validated, self.init.kind, self.init.sha256 if self.init.kind in ("checkpoint", "lora") else None
+
+    @property
     def held_out_ci(self) -> tuple[float, float] | None:
         """The bootstrap CI of :attr:`held_out_auc`, where the card stores one."""
         oof = self.metrics.extra.get("oof")

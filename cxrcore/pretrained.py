@@ -194,7 +194,8 @@ def load_checkpoint(expected_id: str, model: nn.Module, path: Path, in_chans: in
     if card.id != expected_id:
         raise CheckpointError(f"{path} holds {card.id}, not the {expected_id} weights this model needs")
     load_backbone(model, read_weights(path, card), in_chans, f"{card.id} weights in {path}")
-    return Init("checkpoint", f"project checkpoint {card.id} trained on {card.dataset.name}", card.weights_sha256)
+    return Init("checkpoint", f"project checkpoint {card.id} trained on {card.dataset.name} at {card.input_size} px "
+                              f"({path}; built by `{card.rebuild}`)", card.weights_sha256)
 
 
 def load_lora_base(spec: ModelSpec, model: nn.Module, path: Path, in_chans: int) -> Init:

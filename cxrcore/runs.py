@@ -19,7 +19,7 @@ import torch
 
 from . import calibration, checkpoints, metrics
 from .card import Card, DatasetRecord, Init, Metrics
-from .data import REPO_ROOT, Dataset
+from .data import DEFAULT_DATASET, REPO_ROOT, Dataset
 from .task import is_multilabel, label_columns
 from .engine import (Dist, FitResult, Prepared, TrainConfig, clear_resume, evaluate, fit, hardware, make_loss,
                      predict, resolve_precision, seed_everything)
@@ -189,14 +189,17 @@ def seeds_root() -> Path:
 
 
 SINGLE_SPLIT_SEEDS = "seeds-single-split"
+RANDOM_INIT_SEEDS = "seeds-random-init"
 
 
 def seed_roots() -> dict[str, Path]:
     """Every recipe's seed tree, by the recipe it holds: the shipped recipe's seeds 1-2 under :func:`seeds_root`
-    (where ``run_all.py --seeds`` writes), and seeds 0-2 of the single-split recipe of models since retrained
-    cross-validated under ``seeds-single-split/`` (kept so their spread over seeds, and what a single-split chest
-    X-ray fine-tune is compared with, stay readable)."""
-    return {"shipped recipe": seeds_root(), "single split, before cross-validation": REPO_ROOT / SINGLE_SPLIT_SEEDS}
+    (where ``run_all.py --seeds`` writes); seeds 0-2 of the single-split recipe of models since retrained
+    cross-validated under ``seeds-single-split/``, and of the random-init cross-validated recipe of models since
+    fine-tuned from a chest X-ray base under ``seeds-random-init/`` (kept so their spread over seeds, and what a
+    chest X-ray fine-tune is compared with, stay readable)."""
+    return {"shipped recipe": seeds_root(), "single split, before cross-validation": REPO_ROOT / SINGLE_SPLIT_SEEDS,
+            "random init, before chest X-ray pretraining": REPO_ROOT / RANDOM_INIT_SEEDS}
 
 
 def pretrain_root() -> Path:
@@ -216,12 +219,13 @@ def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
     return cfg if k == 0 else dataclasses.replace(cfg, seed=cfg.seed + k)
 
 
-def recipe(model_id: str, **overrides) -> TrainConfig:
-    """The training recipe of a zoo id: the zoo's from-scratch overrides apply when no pretrained weights can be had
+def recipe(model_id: str, dataset: str = DEFAULT_DATASET, **overrides) -> TrainConfig:
+    """The training recipe of a zoo id on ``dataset``: it starts from the zoo's chest X-ray base where one is named
+    (:meth:`ModelSpec.default_init`); the zoo's from-scratch overrides apply when no pretrained weights can be had
     for it here (offline, every architecture but EfficientNet-Lite0)."""
     spec = get_spec(model_id)
-    init = overrides.get("init") or spec.hparams.get("init", "auto")
-    cfg = TrainConfig.for_model(spec, scratch=not starts_pretrained(spec, init), **overrides)
+    init = overrides.get("init") or spec.default_init(dataset)
+    cfg = TrainConfig.for_model(spec, scratch=not starts_pretrained(spec, init), **{**overrides, "init": init})
     # the precision this machine will train in, in the recipe (its key) and the card, never left to detection later
     kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, kind))
@@ -240,7 +244,8 @@ def is_up_to_date(out_dir: Path, spec_id: str, cfg: TrainConfig, data: Dataset, 
     input_size = cfg.input_size or get_spec(spec_id).model_input_size(data.size)
     return (card.config_key == cfg.key() and card.id == spec_id and card.input_size == input_size
             and card.dataset.split_checksum == data.split_checksum()
-            and checkpoints.weights_ok(out_dir, card) and lora_base_unchanged(card, base_root or out_dir.parent))
+            and checkpoints.weights_ok(out_dir, card) and lora_base_unchanged(card, base_root or out_dir.parent)
+            and init_checkpoint_unchanged(card, cfg))
 
 
 def lora_base_unchanged(card: Card, root: Path) -> bool:
@@ -251,6 +256,18 @@ def lora_base_unchanged(card: Card, root: Path) -> bool:
         return True
     try:
         return checkpoints.read_card(root / base.get("path", base["id"])).weights_sha256 == base["sha256"]
+    except checkpoints.CheckpointError:
+        return False
+
+
+def init_checkpoint_unchanged(card: Card, cfg: TrainConfig) -> bool:
+    """Whether the project checkpoint a model was fine-tuned from (``--init PATH``, a chest X-ray base) is still the
+    one it started from: a retrained base makes the fine-tune stale. A base that is absent (a fresh clone: bases are
+    not shipped) cannot say so, and the fine-tune's recorded sha256 stands."""
+    if card.init.kind != "checkpoint" or not (Path(cfg.init) / checkpoints.WEIGHTS).exists():
+        return True
+    try:
+        return checkpoints.read_card(Path(cfg.init)).weights_sha256 == card.init.sha256
     except checkpoints.CheckpointError:
         return False
 

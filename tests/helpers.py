@@ -74,10 +74,10 @@ def _split(n: int, labels: list[str], task: str, seed: int) -> tuple[np.ndarray,
 
 
 def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, ship: bool = True,
-                    seed: int = 0, cv: bool = False) -> checkpoints.Checkpoint:
+                    seed: int = 0, cv: bool = False, init: dict | None = None) -> checkpoints.Checkpoint:
     """A randomly initialised zoo model saved like ``runs.train_one`` saves one: full card, predictions, history;
     ``cv``: as ``crossval.cross_validate`` saves one (5 folds over a pool of 400 train + 80 val images, held-out
-    figures out of fold)."""
+    figures out of fold); ``init``: the card's start (default random)."""
     labels, task, size = TASKS[dataset]
     channels = CHANNELS.get(dataset, 1)
     spec = get_spec(model_id)
@@ -105,7 +105,7 @@ def fake_checkpoint(root: Path, model_id: str, dataset: str = "nih14-local", *, 
                     "prevalence": {s: [int(counts[s] * 0.3)] * len(labels) for s in counts}},
         "label_names": labels, "task": task, "input_size": spec.model_input_size(size),
         "normalisation": list(spec.norm),
-        "init": {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
+        "init": init or {"kind": "random", "source": "random initialisation (test)", "sha256": None, "lora_base": None},
         "hparams": {"lr": 1e-3, "batch_size": 32, "epochs": 3}, "epochs_run": 3, "best_epoch": 2,
         "params_total": n_params, "params_trainable": n_params, "train_seconds": 30.0, "seconds_per_epoch": 10.0,
         "hardware": "test", "metrics": block, "thresholds": served.thresholds,

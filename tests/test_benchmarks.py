@@ -328,6 +328,32 @@ def test_a_kept_single_split_seed0_heads_its_seeds_row_and_fine_tunes_meet_their
     assert (cv_row["base"], single_row["base"]) == ("pretrain/kermany-1/resnet18", "pretrain/kermany-0/resnet18")
 
 
+def test_a_model_shipped_from_a_chest_base_keeps_its_random_init_seeds_apart(tmp_path):
+    """Once a model ships fine-tuned from a chest X-ray base, its random-init seeds (kept under a seed tree of that
+    recipe, seed 0 included) form their own row and are what its pretraining gain is measured against; a seed of
+    the shipped recipe from another base is left out."""
+    from helpers import fake_checkpoint
+
+    base = {"kind": "checkpoint", "source": "project checkpoint cnn_deep (test)", "sha256": "ab" * 32}
+    main = [fake_checkpoint(tmp_path / "checkpoints", "cnn_deep", seed=1, cv=True, init=base)]
+    shipped, random_init = tmp_path / "seeds", tmp_path / "seeds-random-init"
+    same = fake_checkpoint(shipped / "nih14-local" / "seed1", "cnn_deep", seed=2, cv=True, init=base)
+    fake_checkpoint(shipped / "nih14-local" / "seed2", "cnn_deep", seed=3, cv=True, init={**base, "sha256": "cd" * 32})
+    scratch = [fake_checkpoint(random_init / "nih14-local" / f"seed{k}", "cnn_deep", seed=4 + k, cv=True)
+               for k in range(2)]
+    assert [c.path for c in benchmarks.seed_checkpoints(main, shipped, "nih14-local")["cnn_deep"]] == [
+        main[0].path, same.path]
+    assert [c.path for c in benchmarks.seed_checkpoints(main, random_init, "nih14-local")["cnn_deep"]] == [
+        c.path for c in scratch]
+    pre = tmp_path / "pretrain"
+    tuned = fake_checkpoint(pre / "nih14-local" / "from-kermany", "cnn_deep", seed=7, cv=True, init=base)
+    [row] = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, [shipped, random_init], "nih14-local"),
+                                        pre, "nih14-local")
+    assert (row["held_out_auc_main"], row["held_out_auc_pretrained"], row["init_main"]) == (
+        scratch[0].card.held_out_auc, tuned.card.held_out_auc, "random")
+    assert benchmarks.pretraining_rows(main, pre, "nih14-local") == []  # no random-init run to compare with
+
+
 def test_markdown_leaves_a_missing_figure_blank():
     table = benchmarks.markdown([{"model": "vgg16", "sens": float("nan"), "spec": None, "auc": 0.4964}])
     assert table.splitlines()[-1] == "| vgg16 |  |  | 0.496 |"

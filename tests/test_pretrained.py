@@ -238,7 +238,8 @@ def test_lora_on_a_project_checkpoint(make_checkpoint, tmp_path, monkeypatch, ho
     model, init = initialise(spec, fresh, "auto" if how == "auto" else "checkpoints/vit_scratch", 1, root)
     assert hasattr(model, "peft_config") and init.kind == "lora" and init.sha256 == card.weights_sha256
     assert init.lora_base == {"id": "vit_scratch", "path": "vit_scratch" if how == "auto" else str(base_dir),
-                              "kind": "checkpoint", "source": "project checkpoint vit_scratch trained on nih14-local",
+                              "kind": "checkpoint", "source": "project checkpoint vit_scratch trained on nih14-local "
+                              f"at 64 px ({base_dir}; built by `{card.rebuild}`)",
                               "sha256": card.weights_sha256, "lora_base": None}
     inner = model.get_base_model()
     torch.testing.assert_close(inner.blocks[2].mlp.fc1.weight, base.blocks[2].mlp.fc1.weight.half().float())
@@ -287,8 +288,8 @@ def test_init_from_a_checkpoint_path(make_checkpoint):
     card = checkpoints.read_card(path)
     torch.manual_seed(123)  # another random start, which the checkpoint must overwrite
     model, init = initialise(get_spec("vanilla_cnn"), create_model("vanilla_cnn", 14, 1, 64), str(path), 1)
-    assert init == Init("checkpoint", f"project checkpoint vanilla_cnn trained on {card.dataset.name}",
-                        card.weights_sha256)
+    assert init == Init("checkpoint", f"project checkpoint vanilla_cnn trained on {card.dataset.name} at "
+                                      f"{card.input_size} px ({path}; built by `{card.rebuild}`)", card.weights_sha256)
     for k, v in saved.state_dict().items():  # checkpoints store matrices in fp16, 1-D tensors in fp32
         torch.testing.assert_close(model.state_dict()[k], v.half().to(v.dtype) if v.ndim > 1 else v)
 

@@ -333,3 +333,30 @@ def test_the_ensemble_rebuild_command_names_the_members_shared_precision(tmp_pat
         "python train/run_all.py --models vanilla_cnn cnn_small --precision fp32 --ensemble vanilla_cnn cnn_small")
     mixed = [fp32[0], dataclasses.replace(b, card=dataclasses.replace(b.card, precision="bf16"))]
     assert "--precision" not in run_all.ensemble_command("python train/run_all.py", mixed)
+
+
+def test_a_missing_chest_x_ray_base_is_built_first_by_its_own_command(tmp_path, monkeypatch):
+    """A fresh clone has no pretraining bases (their weights are not shipped): retraining a model whose recipe
+    starts from one trains the base first, by the command its zoo entry names; a present base is used as it is."""
+    import shlex
+
+    sys.path.insert(0, str(REPO_ROOT / "train"))
+    import run_all
+    from cxrcore.runs import recipe
+    from cxrcore.zoo import get_spec
+
+    calls = []
+    monkeypatch.setattr(run_all, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.chdir(tmp_path)
+    cfg = recipe("cnn_deep", precision="fp32")
+    run_all.build_chest_base("cnn_deep", cfg)
+    assert calls == [shlex.split(get_spec("cnn_deep").chest_base.train_command("cnn_deep"))[2:]]
+    run_all.build_chest_base("cnn_deep", recipe("cnn_deep", init="random"))  # told another start: no base
+    (tmp_path / cfg.init).mkdir(parents=True)
+    (tmp_path / cfg.init / checkpoints.WEIGHTS).write_bytes(b"")
+    run_all.build_chest_base("cnn_deep", cfg)
+    assert len(calls) == 1
+    (tmp_path / cfg.init / checkpoints.WEIGHTS).unlink()
+    monkeypatch.setattr(run_all, "main", lambda argv: 2)
+    with pytest.raises(checkpoints.CheckpointError, match="could not be built"):
+        run_all.build_chest_base("cnn_deep", cfg)

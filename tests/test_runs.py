@@ -11,7 +11,7 @@ from cxrcore import checkpoints, metrics
 from cxrcore.card import Card
 from cxrcore.data import Dataset
 from cxrcore.engine import TrainConfig, resolve_precision
-from cxrcore.runs import is_up_to_date, lora_base_unchanged
+from cxrcore.runs import init_checkpoint_unchanged, is_up_to_date, lora_base_unchanged
 from cxrcore.zoo import get_spec
 from helpers import NIH14
 
@@ -83,6 +83,31 @@ def test_a_retrained_lora_base_makes_the_adapter_stale(make_checkpoint, tiny_car
     assert not lora_base_unchanged(card, root)
     assert not lora_base_unchanged(card, tmp_path / "elsewhere")  # no base at all
     assert lora_base_unchanged(Card.from_dict(tiny_card("vit_scratch")), root)
+
+
+def test_a_retrained_init_checkpoint_makes_the_fine_tune_stale(make_checkpoint, tiny_card, tmp_path):
+    import shutil
+
+    base_dir, _ = make_checkpoint("cnn_deep", root=tmp_path / "pretrain")
+    sha = checkpoints.read_card(base_dir).weights_sha256
+    card = Card.from_dict({**tiny_card("cnn_deep"), "init": {"kind": "checkpoint", "source": "x", "sha256": sha}})
+    cfg = TrainConfig(init=str(base_dir))
+    assert init_checkpoint_unchanged(card, cfg)
+    make_checkpoint("cnn_deep", root=tmp_path / "pretrain", seed=1)
+    assert not init_checkpoint_unchanged(card, cfg)
+    shutil.rmtree(base_dir)  # a fresh clone: bases are not shipped, and the recorded sha256 stands
+    assert init_checkpoint_unchanged(card, cfg)
+    assert init_checkpoint_unchanged(Card.from_dict(tiny_card("cnn_deep")), cfg)  # random init: nothing to check
+
+
+def test_a_zoo_chest_base_is_the_default_start_on_every_task_but_its_own():
+    from cxrcore.runs import recipe
+
+    base = get_spec("cnn_deep").chest_base
+    assert recipe("cnn_deep").init == base.path("cnn_deep") == f"pretrain/{base.folder}/cnn_deep"
+    assert recipe("cnn_deep", base.dataset).init == "auto"  # the base itself starts from random init
+    assert recipe("cnn_deep", init="random").init == "random"
+    assert recipe("cnn_small").init == "auto" and get_spec("cnn_small").chest_base is None
 
 
 def test_recipe_uses_the_from_scratch_overrides_only_without_pretrained_weights(monkeypatch):

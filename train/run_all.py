@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_roots = [seed_root(seeds_at, data.name, k) for k in range(1, a.seeds)]
     cmd = " ".join(shlex.quote(x) for x in ["python", "train/run_all.py", *(argv if argv is not None else sys.argv[1:])])
     for (root, run_data), model_id in itertools.product(runs, ids):
-        base = recipe(model_id, **overrides(a))
+        base = recipe(model_id, data.name, **overrides(a))
         for k, seed_out in enumerate([root, *seed_roots]):
             try:
                 train_model(model_id, run_data, seed_config(base, k), seed_out, root, cmd, a, dist,
@@ -252,6 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def build_chest_base(model_id: str, cfg) -> None:
+    """Train the zoo's chest X-ray base of ``model_id`` first when its recipe starts from it and it is not here (a
+    fresh clone: bases are not shipped), by the base's own command."""
+    spec = get_spec(model_id)
+    if not spec.chest_base or cfg.init != spec.chest_base.path(model_id):
+        return
+    if Path(cfg.init, checkpoints.WEIGHTS).exists():  # relative to where run_all runs, as --init and --out are
+        return
+    command = spec.chest_base.train_command(model_id)
+    print(f"{model_id}: building its chest X-ray base first: {command}")
+    if main(shlex.split(command)[2:]) != 0:
+        raise checkpoints.CheckpointError(f"{model_id}: its chest X-ray base could not be built ({command})")
+
+
 def train_model(model_id: str, data, cfg, out: Path, base_root: Path, cmd: str, a: argparse.Namespace, dist: Dist,
                 name: str) -> None:
     """Train one model (one seed) into ``out/model_id`` unless it is up to date, and print its held-out figures
@@ -262,6 +276,7 @@ def train_model(model_id: str, data, cfg, out: Path, base_root: Path, cmd: str, 
         return
     if a.precision is None:  # the rebuild command names the precision this machine chose
         cmd += f" --precision {cfg.precision}"
+    build_chest_base(model_id, cfg)
     bar = tqdm(total=cfg.epochs * (a.cv + 1) if a.cv else cfg.epochs, desc=name, unit="epoch",
                disable=not dist.main, dynamic_ncols=True)
 

@@ -455,17 +455,21 @@ def _members_fitted_on(card: Card) -> str:
     return ("oof" if card.cross_validated else "val") if card.members else ""
 
 
-def calibration_rows(cks: Sequence[checkpoints.Checkpoint]) -> list[dict]:
-    """Per model: test ECE of the raw outputs and of the served calibrated probabilities, and how it was fitted."""
+def calibration_rows(cks: Sequence[checkpoints.Checkpoint], n_boot: int = 1000) -> list[dict]:
+    """Per model: test ECE of the raw outputs and of the served calibrated probabilities (with its 95 % bootstrap CI
+    over test patients, where named), and how it was fitted."""
     rows = []
     for ck in cks:
         preds, cal = ck.predictions(), ck.card.calibration or {}
+        y, p = split_arrays(preds, "test", ck.card.task)
+        lo, hi = metrics.ece_ci(y, p, n_boot=n_boot, groups=stored_groups(preds, "test"))
         method = ({"platt": f"pos-weight prior + Platt (prior strength {cal.get('prior_strength', 0):g})",
                    "temperature": f"temperature {cal.get('temperature', 1):.2f}"
                                   + (f" ({cal['note']})" if cal.get("note") else "")}.get(cal.get("kind"))
                   or ("mean of calibrated members" if ck.card.members else "none"))
         rows.append({"model": ck.id, "test_ece_raw": reliability_of(preds, ck.card.task, raw=True)["ece"],
-                     "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"], "calibration": method,
+                     "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"],
+                     "test_ece_calibrated_ci": f"[{lo:.3f}, {hi:.3f}]", "calibration": method,
                      "fitted_on": cal.get("fitted_on", _members_fitted_on(ck.card))})
     return rows
 
@@ -588,7 +592,10 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None,
                 "Fitted on held-out predictions (fitted_on: oof = pooled out-of-fold, val = validation); raw: the "
                 "networks' own outputs"
                 + (" (BCE with a positive weight inflates every score)" if is_multilabel(first.task)
-                   else "") + "; calibrated: what the app serves and the tables above measure.", "",
+                   else "") + "; calibrated: what the app serves and the tables above measure; its 95 % CI "
+                "is a bootstrap over test patients (else images). A held-out split shares the training split's class "
+                "mix: where the test split's differs (see Data and its limits), no fit on held-out data can follow "
+                "it.", "",
                 markdown(calibration_rows([c for c in cks if c.has_predictions])), ""]
         out += ["### Data and its limits", "", *limits_text(first), "",
                 markdown(_prevalence_by_label(prevalence_rows(first))), ""]

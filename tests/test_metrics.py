@@ -530,3 +530,18 @@ def test_summarize_leaves_labels_without_a_threshold_out_of_the_calls():
     assert s["per_label"]["b"]["threshold"] is None and math.isnan(s["per_label"]["b"]["sensitivity"])
     both = [metrics.binary_stats(y[:, j], p[:, j], 0.5)["sensitivity"] for j in (0, 2)]
     assert s["sensitivity_macro"] == pytest.approx(np.mean(both))
+
+
+def test_ece_ci_is_the_bootstrap_of_the_ece_over_images_or_patients():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, (300, 4))
+    y = (rng.uniform(0, 1, p.shape) < p ** 1.5).astype(float)  # over-confident positives: a real miscalibration
+    lo, hi = metrics.ece_ci(y, p, n_boot=200, seed=5)
+    # exactly the loop over image resamples (the vectorised weights are those draws)
+    assert (lo, hi) == pytest.approx(metrics.bootstrap_ci(metrics.expected_calibration_error, y, p, 200, seed=5))
+    assert lo < metrics.expected_calibration_error(y, p) < hi
+    # each patient's films copied five times: resampling images pretends 1,500 independent films; patients do not
+    y5, p5, groups = np.repeat(y, 5, axis=0), np.repeat(p, 5, axis=0), np.repeat(np.arange(300), 5)
+    image_lo, image_hi = metrics.ece_ci(y5, p5, n_boot=200)
+    patient_lo, patient_hi = metrics.ece_ci(y5, p5, n_boot=200, groups=groups)
+    assert patient_hi - patient_lo > 1.5 * (image_hi - image_lo)

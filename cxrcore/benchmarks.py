@@ -18,6 +18,7 @@ from .data import REPO_ROOT
 from .runs import pretrain_root, seed_roots, stored_groups
 from .task import is_multilabel, label_columns
 from .task import kind_of
+from .zoo import get_spec
 
 
 TABLE1_COLUMNS = ["model", "init", "params_M", "train_loss", "val_loss", "test_acc", "test_sensitivity",
@@ -355,20 +356,32 @@ PRETRAIN_NOTE = ("Each architecture fine-tuned from a chest X-ray base (the proj
                  "far validation AUC moves with the seed alone.")
 
 
-def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
-    """Per fine-tuned model under ``<root>/<dataset>/from-<base>/<id>``: its held-out and test AUC beside the task's
-    own model of the same id and recipe that starts from random init or ImageNet (``main``: see
-    :func:`recipe_baselines`; cross-validated against cross-validated, single split against single split), and the
-    gains."""
+def fine_tunes(main: Sequence[checkpoints.Checkpoint], root: Path | None,
+               dataset: str) -> list[tuple[checkpoints.Checkpoint, str, bool]]:
+    """Every chest X-ray fine-tune of a task, with its base's folder and whether it is the shipped model: the
+    experiments under ``<root>/<dataset>/from-<base folder>/<id>`` and the task's models that start from their zoo
+    entry's chest X-ray base (:attr:`ModelSpec.chest_base`)."""
     folder = Path(root) / dataset if root is not None else None
-    if folder is None or not folder.is_dir():
-        return []
+    tried = [(ck, f"pretrain/{ck.path.parent.name.removeprefix('from-')}/{ck.id}", False)  # the card's sha256 pins it
+             for ck in (checkpoints.find(folder) if folder is not None and folder.is_dir() else [])
+             if ck.path.parent.name.startswith("from-")]
+    for c in main:
+        base = get_spec(c.id).chest_base if c.card.init.kind == "checkpoint" else None
+        if base and not c.path.parent.name.startswith("seed"):
+            tried.append((c, base.path(c.id), True))
+    return tried
+
+
+def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, dataset: str) -> list[dict]:
+    """Per chest X-ray fine-tune (:func:`fine_tunes`): its held-out and test AUC beside the task's own model of the
+    same id and recipe that starts from random init or ImageNet (``main``: see :func:`recipe_baselines`;
+    cross-validated against cross-validated, single split against single split), and the gains."""
     by_recipe = {(c.id, c.card.cross_validated): c.card for c in main  # the model's own start: random or ImageNet
                  if not c.card.members and c.card.init.kind not in ("checkpoint", "lora")}
     rows = []
-    for ck in checkpoints.find(folder):
+    for ck, base_path, is_shipped in fine_tunes(main, root, dataset):
         base = by_recipe.get((ck.id, ck.card.cross_validated))
-        if base is None or not ck.path.parent.name.startswith("from-") or ck.card.metrics.test is None:
+        if base is None or ck.card.metrics.test is None:
             continue
         test = base.metrics.test.auc_macro if base.metrics.test else None
         change = ", ".join(f"{k} {base.hparams.get(k)} -> {ck.card.hparams.get(k)}" for k in RECIPE_KEYS
@@ -376,11 +389,9 @@ def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, 
         if base.trained_precision != ck.card.trained_precision:
             change = ", ".join(filter(None, [change, f"precision {base.trained_precision} -> "
                                                      f"{ck.card.trained_precision}"]))
-        base_folder = ck.path.parent.name.removeprefix("from-")  # which base: the folder says, the card's sha256 pins
-        rows.append({"model": ck.id, "recipe": RECIPE_NAMES[ck.card.cross_validated],
-                     "base": f"pretrain/{base_folder}/{ck.id}",
-                     "init_main": base.init.kind,
-                     "recipe_change": change or "none",
+        rows.append({"model": ck.id,
+                     "recipe": RECIPE_NAMES[ck.card.cross_validated] + (", shipped" if is_shipped else ""),
+                     "base": base_path, "init_main": base.init.kind, "recipe_change": change or "none",
                      "held_out_auc_main": base.held_out_auc, "held_out_auc_pretrained": ck.card.held_out_auc,
                      "held_out_gain": ck.card.held_out_auc - base.held_out_auc, "test_auc_main": test,
                      "test_auc_pretrained": ck.card.metrics.test.auc_macro,
@@ -392,7 +403,7 @@ def pretraining_section(main: Sequence[checkpoints.Checkpoint], root: Path | Non
     rows = pretraining_rows(main, root, dataset)
     if not rows:
         return []
-    commands = sorted({c.card.rebuild for c in checkpoints.find(Path(root) / dataset)})
+    commands = sorted({ck.card.rebuild for ck, _, _ in fine_tunes(main, root, dataset)})
     return ["### Chest X-ray pretraining against random init", "", PRETRAIN_NOTE, "",
             markdown(rows, PRETRAIN_COLUMNS), "", "Commands (each base's own card gives the command that built it):",
             "", *[f"- `{c}`" for c in commands], ""]

@@ -8,6 +8,7 @@ from helpers import NIH14, fake_checkpoint_root
 
 from cxrcore import benchmarks, metrics, published
 from cxrcore.checkpoints import find
+from cxrcore.zoo import get_spec
 
 
 @pytest.fixture(scope="module")
@@ -336,21 +337,27 @@ def test_a_model_shipped_from_a_chest_base_keeps_its_random_init_seeds_apart(tmp
 
     base = {"kind": "checkpoint", "source": "project checkpoint cnn_deep (test)", "sha256": "ab" * 32}
     main = [fake_checkpoint(tmp_path / "checkpoints", "cnn_deep", seed=1, cv=True, init=base)]
-    shipped, random_init = tmp_path / "seeds", tmp_path / "seeds-random-init"
-    same = fake_checkpoint(shipped / "nih14-local" / "seed1", "cnn_deep", seed=2, cv=True, init=base)
-    fake_checkpoint(shipped / "nih14-local" / "seed2", "cnn_deep", seed=3, cv=True, init={**base, "sha256": "cd" * 32})
+    shipped_seeds, random_init = tmp_path / "seeds", tmp_path / "seeds-random-init"
+    same = fake_checkpoint(shipped_seeds / "nih14-local" / "seed1", "cnn_deep", seed=2, cv=True, init=base)
+    other_base = {**base, "sha256": "cd" * 32}
+    fake_checkpoint(shipped_seeds / "nih14-local" / "seed2", "cnn_deep", seed=3, cv=True, init=other_base)
     scratch = [fake_checkpoint(random_init / "nih14-local" / f"seed{k}", "cnn_deep", seed=4 + k, cv=True)
                for k in range(2)]
-    assert [c.path for c in benchmarks.seed_checkpoints(main, shipped, "nih14-local")["cnn_deep"]] == [
+    assert [c.path for c in benchmarks.seed_checkpoints(main, shipped_seeds, "nih14-local")["cnn_deep"]] == [
         main[0].path, same.path]
     assert [c.path for c in benchmarks.seed_checkpoints(main, random_init, "nih14-local")["cnn_deep"]] == [
         c.path for c in scratch]
     pre = tmp_path / "pretrain"
     tuned = fake_checkpoint(pre / "nih14-local" / "from-kermany", "cnn_deep", seed=7, cv=True, init=base)
-    [row] = benchmarks.pretraining_rows(benchmarks.recipe_baselines(main, [shipped, random_init], "nih14-local"),
-                                        pre, "nih14-local")
-    assert (row["held_out_auc_main"], row["held_out_auc_pretrained"], row["init_main"]) == (
+    baselines = benchmarks.recipe_baselines(main, [shipped_seeds, random_init], "nih14-local")
+    tried, shipped = benchmarks.pretraining_rows(baselines, pre, "nih14-local")
+    assert (tried["held_out_auc_main"], tried["held_out_auc_pretrained"], tried["init_main"]) == (
         scratch[0].card.held_out_auc, tuned.card.held_out_auc, "random")
+    assert (tried["recipe"], tried["base"]) == (benchmarks.RECIPE_NAMES[True], "pretrain/kermany/cnn_deep")
+    # the shipped model, fine-tuned from its zoo entry's base, is a row of its own against the same random init
+    assert (shipped["recipe"], shipped["base"]) == (benchmarks.RECIPE_NAMES[True] + ", shipped",
+                                                    get_spec("cnn_deep").chest_base.path("cnn_deep"))
+    assert shipped["held_out_gain"] == main[0].card.held_out_auc - scratch[0].card.held_out_auc
     assert benchmarks.pretraining_rows(main, pre, "nih14-local") == []  # no random-init run to compare with
 
 

@@ -534,9 +534,10 @@ SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beat
              "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
              "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
              "commits: how many code versions trained the seeds (more than one: the spread includes code changes). "
-             "Each table is one recipe: the shipped one (seed 0 is the shipped model, seeds 1-2 under seeds/) and "
+             "Each table is one recipe: the shipped one (seed 0 is the shipped model, seeds 1-2 under seeds/), "
              "the single-split recipe of the models since retrained cross-validated (seeds 0-2 under "
-             "seeds-single-split/).")
+             "seeds-single-split/), and the random-init recipe of the models since fine-tuned from a chest X-ray "
+             "base (seeds 0-2 under seeds-random-init/).")
 
 
 def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,
@@ -555,7 +556,7 @@ def seed_section(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None,
     if not rows:
         return []
     return [f"### Seeds{f' ({recipe})' if recipe else ''}: test AUC over seeds and the rankings they allow", "",
-            SEED_NOTE, "", markdown(rows, SEED_COLUMNS), "", markdown(claims), ""]
+            SEED_NOTE, "", markdown(rows, SEED_COLUMNS), "", *([markdown(claims), ""] if claims else [])]
 
 
 def write_report(root: Path, path: Path, curves_root: Path | None = None,

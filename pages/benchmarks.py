@@ -77,7 +77,8 @@ for recipe, root in seed_roots().items():
         st.subheader(f"Seeds ({recipe}): test AUC mean +- sd, and the rankings they allow")
         st.caption(benchmarks.SEED_NOTE)
         st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
-        st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
+        if seed_claims:  # one model alone in a recipe has no neighbour to rank against
+            st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
 pretrained = benchmarks.pretraining_rows(benchmarks.recipe_baselines(cks, seed_roots().values(), sel.dataset),
                                           pretrain_root(), sel.dataset)
 if pretrained:

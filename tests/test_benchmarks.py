@@ -347,6 +347,8 @@ def test_a_model_shipped_from_a_chest_base_keeps_its_random_init_seeds_apart(tmp
         main[0].path, same.path]
     assert [c.path for c in benchmarks.seed_checkpoints(main, random_init, "nih14-local")["cnn_deep"]] == [
         c.path for c in scratch]
+    section = benchmarks.seed_section(main, random_init, "nih14-local", n_boot=20)
+    assert "| cnn_deep | 2 |" in "\n".join(section) and not any(line.startswith("| a | b |") for line in section)
     pre = tmp_path / "pretrain"
     tuned = fake_checkpoint(pre / "nih14-local" / "from-kermany", "cnn_deep", seed=7, cv=True, init=base)
     baselines = benchmarks.recipe_baselines(main, [shipped_seeds, random_init], "nih14-local")

@@ -29,12 +29,13 @@ from cxrcore.data import REPO_ROOT  # noqa: E402
 from cxrcore.runs import git_commit  # noqa: E402
 
 TARGET = 0.005
-DROP_WITH_VALUE = {"--models", "--out", "--ensemble", "--precision"}  # options whose values follow them
+DROP_WITH_VALUE = {"--models", "--out", "--ensemble", "--precision", "--seeds"}  # options whose values follow them
 DROP = {"--force"}
 
 
 def narrowed(command: str, model_id: str, out: Path, precision: str | None) -> list[str]:
-    """The card's command for this model alone, into ``out``, in the card's precision."""
+    """The card's command for this model alone (its own seed: not the extra ones), into ``out``, in the card's
+    precision."""
     args, keep, skipping = shlex.split(command), [], False
     for a in args:
         if a.startswith("--"):

@@ -360,3 +360,17 @@ def test_a_missing_chest_x_ray_base_is_built_first_by_its_own_command(tmp_path, 
     monkeypatch.setattr(run_all, "main", lambda argv: 2)
     with pytest.raises(checkpoints.CheckpointError, match="could not be built"):
         run_all.build_chest_base("cnn_deep", cfg)
+
+
+def test_a_rebuild_narrows_the_card_command_to_its_own_model_and_seed(tmp_path):
+    """benchmarks/rebuild.py reruns a card's command for that model alone, into a scratch folder, in the card's
+    precision: never the extra seeds (they would land beside the scratch folder) or the checkpoint tree."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rebuild", REPO_ROOT / "benchmarks" / "rebuild.py")
+    rebuild = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rebuild)
+    cmd = rebuild.narrowed("python train/run_all.py --models cnn_deep resnet18 --seeds 3 --precision bf16 --cv 5",
+                           "cnn_deep", tmp_path, "fp32")
+    assert cmd == ["python", "train/run_all.py", "--cv", "5", "--models", "cnn_deep", "--out", str(tmp_path),
+                   "--force", "--precision", "fp32"]

@@ -377,7 +377,7 @@ def pretraining_rows(main: Sequence[checkpoints.Checkpoint], root: Path | None, 
     same id and recipe that starts from random init or ImageNet (``main``: see :func:`recipe_baselines`;
     cross-validated against cross-validated, single split against single split), and the gains."""
     by_recipe = {(c.id, c.card.cross_validated): c.card for c in main  # the model's own start: random or ImageNet
-                 if not c.card.members and c.card.init.kind not in ("checkpoint", "lora")}
+                 if not c.card.members and not c.card.init.from_project}
     rows = []
     for ck, base_path, is_shipped in fine_tunes(main, root, dataset):
         base = by_recipe.get((ck.id, ck.card.cross_validated))

@@ -155,6 +155,12 @@ class Init:
     sha256: str | None = None
     lora_base: dict | None = None
 
+    @property
+    def from_project(self) -> bool:
+        """Whether it starts from one of the project's own checkpoints (directly, or as a LoRA base): a fine-tune,
+        pinned by that checkpoint's sha256, not a random or ImageNet start."""
+        return self.kind in ("checkpoint", "lora")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -369,7 +375,7 @@ class Card:
     def recipe(self) -> tuple[bool, str, str | None]:
         """What makes two runs of one model the same recipe, seeds apart: cross-validated or not, and the kind of
         start (a project checkpoint or LoRA base: which one, by sha256)."""
-        return self.cross_validated, self.init.kind, self.init.sha256 if self.init.kind in ("checkpoint", "lora") else None
+        return self.cross_validated, self.init.kind, self.init.sha256 if self.init.from_project else None
 
     @property
     def held_out_ci(self) -> tuple[float, float] | None:

@@ -342,24 +342,27 @@ def test_a_missing_chest_x_ray_base_is_built_first_by_its_own_command(tmp_path, 
 
     sys.path.insert(0, str(REPO_ROOT / "train"))
     import run_all
+    from cxrcore.engine import Dist
     from cxrcore.runs import recipe
     from cxrcore.zoo import get_spec
 
     calls = []
     monkeypatch.setattr(run_all, "main", lambda argv: calls.append(argv) or 0)
     monkeypatch.chdir(tmp_path)
-    cfg = recipe("cnn_deep", precision="fp32")
-    run_all.build_chest_base("cnn_deep", cfg)
+    cfg, one = recipe("cnn_deep", precision="fp32"), Dist()
+    run_all.build_chest_base("cnn_deep", cfg, one)
     assert calls == [shlex.split(get_spec("cnn_deep").chest_base.train_command("cnn_deep"))[2:]]
-    run_all.build_chest_base("cnn_deep", recipe("cnn_deep", init="random"))  # told another start: no base
+    with pytest.raises(checkpoints.CheckpointError, match="build it first"):  # torchrun: one process builds it
+        run_all.build_chest_base("cnn_deep", cfg, Dist(rank=0, world=2))
+    run_all.build_chest_base("cnn_deep", recipe("cnn_deep", init="random"), one)  # told another start: no base
     (tmp_path / cfg.init).mkdir(parents=True)
     (tmp_path / cfg.init / checkpoints.WEIGHTS).write_bytes(b"")
-    run_all.build_chest_base("cnn_deep", cfg)
+    run_all.build_chest_base("cnn_deep", cfg, one)
     assert len(calls) == 1
     (tmp_path / cfg.init / checkpoints.WEIGHTS).unlink()
     monkeypatch.setattr(run_all, "main", lambda argv: 2)
     with pytest.raises(checkpoints.CheckpointError, match="could not be built"):
-        run_all.build_chest_base("cnn_deep", cfg)
+        run_all.build_chest_base("cnn_deep", cfg, one)
 
 
 def test_a_rebuild_narrows_the_card_command_to_its_own_model_and_seed(tmp_path):

@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from cxrcore import benchmarks, checkpoints, crossval, curves, evaluation, ood  # noqa: E402
 from cxrcore import datasets  # noqa: E402
 from cxrcore.data import DEFAULT_DATASET, REPO_ROOT, DatasetNotFound, data_dir, load_dataset  # noqa: E402
-from cxrcore.engine import Dist  # noqa: E402
+from cxrcore.engine import Dist, TrainConfig  # noqa: E402
 from cxrcore.inference import load_model  # noqa: E402
 from cxrcore.runs import (MEMBERS_BY_NAME, build_ensemble, ensemble_by_held_out, is_up_to_date, recipe,  # noqa: E402
                           seed_config, seed_root, seeds_root, train_one)
@@ -252,15 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build_chest_base(model_id: str, cfg) -> None:
+def build_chest_base(model_id: str, cfg: TrainConfig, dist: Dist) -> None:
     """Train the zoo's chest X-ray base of ``model_id`` first when its recipe starts from it and it is not here (a
-    fresh clone: bases are not shipped), by the base's own command."""
+    fresh clone: bases are not shipped), by the base's own command (in one process: under torchrun, say so)."""
     spec = get_spec(model_id)
     if not spec.chest_base or cfg.init != spec.chest_base.path(model_id):
         return
     if Path(cfg.init, checkpoints.WEIGHTS).exists():  # relative to where run_all runs, as --init and --out are
         return
     command = spec.chest_base.train_command(model_id)
+    if dist.world > 1:
+        raise checkpoints.CheckpointError(f"{model_id} starts from its chest X-ray base {cfg.init}, which is not "
+                                          f"here: build it first ({command})")
     print(f"{model_id}: building its chest X-ray base first: {command}")
     if main(shlex.split(command)[2:]) != 0:
         raise checkpoints.CheckpointError(f"{model_id}: its chest X-ray base could not be built ({command})")
@@ -276,7 +279,7 @@ def train_model(model_id: str, data, cfg, out: Path, base_root: Path, cmd: str, 
         return
     if a.precision is None:  # the rebuild command names the precision this machine chose
         cmd += f" --precision {cfg.precision}"
-    build_chest_base(model_id, cfg)
+    build_chest_base(model_id, cfg, dist)
     bar = tqdm(total=cfg.epochs * (a.cv + 1) if a.cv else cfg.epochs, desc=name, unit="epoch",
                disable=not dist.main, dynamic_ncols=True)
 

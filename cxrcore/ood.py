@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ OOD_FILE = "ood.json"
 FEATURES = "pre-logits"  # what a detector was fitted on; one fitted on anything else is stale
 MAX_FIT_IMAGES = 2048  # training images sampled for the fit (and validation images for the threshold)
 MAX_THRESHOLD_PER_SQRT_K = 50.0  # a real film's distance is about sqrt(k); a threshold past 50 sqrt(k) flags nothing
+NOISE_CHECK_IMAGES = 64  # generated noise images every detector is tried on after its fit
+MIN_NOISE_FLAGGED = 0.5  # a detector that lets most of them through cannot vouch for a film
 UPLOADED_AS = {"pneumoniamnist": "Kermany"}  # dataset-name prefix -> the full-size films it was made from
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class OODModel:
     features: str = FEATURES
     n_fit: int = 0  # training images the fit used
     sources: dict[str, dict] = field(default_factory=dict)  # per kind of film: images fitted, validated, percentile
+    noise_flagged: float | None = None  # share of generated noise images it flags (None: fitted before the check)
 
     def __post_init__(self) -> None:
         """Refuse numbers that cannot describe a fitted detector (ValueError with the reason)."""
@@ -134,14 +137,25 @@ def _pick(images: torch.Tensor, max_images: int) -> torch.Tensor:
     return images[torch.from_numpy(sample(len(images), max_images))]
 
 
+def noise_films(n: int, size: int, channels: int = 1, seed: int = 0) -> torch.Tensor:
+    """(n, channels, size, size) uint8 generated noise (the gate's four kinds), at a model's data size: what any
+    detector must flag before it may vouch for a film."""
+    noise = gate_training.noise(np.random.default_rng(seed), n)
+    films = np.stack([imaging.to_dataset_size(x, size) for x in noise])[:, None]
+    return torch.from_numpy(np.repeat(films, channels, axis=1))
+
+
 def fit_checkpoint(m: LoadedModel, data, max_images: int = MAX_FIT_IMAGES, extra: tuple[Source, ...] = ()) -> OODModel:
     """Fit one loaded checkpoint's detector on a sample of its train split (and of each ``extra`` source), threshold
-    on their validation images; saved beside it."""
+    on their validation images, and record how much generated noise it flags (:func:`load_for` refuses one that
+    lets most through); saved beside it."""
     own = Source(m.card.dataset.name, data.images["train"], data.images["val"])
     srcs = (own, *extra)
     train = {s.name: features(m, _pick(s.train, max_images)) for s in srcs}
     val = {s.name: features(m, _pick(s.val, max_images)) for s in srcs}
     det = fit(m.id, np.concatenate(list(train.values())), val, n_fit={k: len(v) for k, v in train.items()})
+    noise = noise_films(NOISE_CHECK_IMAGES, m.data_size, own.train.shape[1])
+    det = replace(det, noise_flagged=float((det.score(features(m, noise)) > det.threshold).mean()))
     det.save(m.path / OOD_FILE)
     return det
 
@@ -179,9 +193,17 @@ def too_coarse(shape: tuple[int, ...], data_size: int) -> str | None:
 
 
 def load_for(m: LoadedModel) -> OODModel | None:
-    """The model's detector, None when it has none; ValueError when it has one that is refused."""
+    """The model's detector, None when it has none; ValueError when it has one that is refused: damaged, of an older
+    kind, or one whose features do not tell generated noise from films (ImageNet EfficientNet-Lite0's pooled features
+    put noise nearer the films' mean than the films themselves: it flagged none)."""
     path = m.path / OOD_FILE
-    return OODModel.load(path) if path.exists() else None
+    if not path.exists():
+        return None
+    det = OODModel.load(path)
+    if det.noise_flagged is not None and det.noise_flagged < MIN_NOISE_FLAGGED:
+        raise ValueError(f"it flags {det.noise_flagged:.0%} of generated noise images (at least "
+                         f"{MIN_NOISE_FLAGGED:.0%} needed): its features do not tell non-films from films")
+    return det
 
 
 def is_current(path: Path) -> bool:

@@ -73,7 +73,8 @@ def test_fit_memory_is_flat_in_the_number_of_training_images(make_checkpoint):
     the same traced peak."""
     small = _fit_sizes(make_checkpoint, 200, max_images=100)
     large = _fit_sizes(make_checkpoint, 2000, max_images=100)
-    assert small[0] == large[0] == 100 + 50  # the fixed train sample, then every val image
+    # the fixed train sample, then every val image, then the generated noise the fitted detector is tried on
+    assert small[0] == large[0] == 100 + 50 + ood.NOISE_CHECK_IMAGES
     assert small[1].n_fit == large[1].n_fit == 100
     stored = lambda d: len(d.mean) + np.size(d.components) + len(d.variances)  # noqa: E731
     assert stored(small[1]) == stored(large[1])
@@ -177,6 +178,34 @@ def test_fit_checkpoint_learns_the_extra_sources_and_records_them(make_checkpoin
     assert (det.sources["bright films"]["n_fit"], det.sources["bright films"]["n_val"]) == (80, 30)
     assert set(det.sources) == {m.card.dataset.name, "bright films"}
     assert ood.OODModel.load(path / ood.OOD_FILE) == det
+
+
+def test_a_detector_that_lets_generated_noise_through_is_refused_and_the_next_one_used(make_checkpoint, caplog):
+    """The fit records how much generated noise the detector flags; one that flags under half cannot vouch for a
+    film (ImageNet EfficientNet-Lite0's flagged none): it is refused on load and the warning asks the next model."""
+    from cxrcore import compare, gate
+
+    path, _ = make_checkpoint("vanilla_cnn", size=28)
+    m = load_model(path)
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(images={s: torch.randint(90, 110, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+                                   for s, n in (("train", 120), ("val", 40))})
+    det = ood.fit_checkpoint(m, data, max_images=100)
+    noise = ood.noise_films(ood.NOISE_CHECK_IMAGES, 28)
+    assert noise.shape == (ood.NOISE_CHECK_IMAGES, 1, 28, 28) and noise.dtype == torch.uint8
+    assert det.noise_flagged == pytest.approx(float((det.score(ood.features(m, noise)) > det.threshold).mean()))
+    (path / ood.OOD_FILE).write_text(json.dumps({**json.loads((path / ood.OOD_FILE).read_text()),
+                                                 "noise_flagged": 0.1}))
+    assert ood.is_current(path / ood.OOD_FILE)  # a sound file: refitting would give the same detector
+    with pytest.raises(ValueError, match="10% of generated noise"):
+        ood.load_for(m)
+    other, _ = make_checkpoint("cnn_small", root=path.parent.parent / "other")
+    (other / ood.OOD_FILE).write_text(json.dumps(_detector(1e-3) | {"mean": [0.0] * 64,
+                                                                  "components": np.eye(4, 64).tolist()}))
+    lenient = gate.Gate(gate.GateNet(), gate.Thresholds(1e-9, 1 - 1e-9, 1e-9, 0.99))
+    with caplog.at_level(logging.WARNING):
+        warning = compare.ood_warning([m, load_model(other)], np.full((28, 28), 200, np.uint8), chest_gate=lenient)
+    assert "generated noise" in caplog.text and "cnn_small's feature distance" in warning
 
 
 @pytest.mark.parametrize("shape, size, coarse", [((28, 28), 64, True), ((28, 500), 64, True), ((64, 64), 64, False),

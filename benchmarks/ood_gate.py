@@ -106,13 +106,17 @@ def sets(root: Path, n: int, population: str) -> list[Set]:
     return out
 
 
-def distance_flags(m, images: list[np.ndarray]) -> np.ndarray | None:
-    """Does the model's ood.json flag each image (None when it has no usable one)?"""
+def usable_detector(m) -> ood.OODModel | None:
+    """The model's ood.json as the app uses it: None when it has none or it is refused (said once, here)."""
     try:
-        det = ood.load_for(m)
+        return ood.load_for(m)
     except ValueError as exc:
         print(f"{m.id}: detector refused ({exc})")
         return None
+
+
+def distance_flags(m, det: ood.OODModel | None, images: list[np.ndarray]) -> np.ndarray | None:
+    """Does the model's detector flag each image (None when it has no usable one)?"""
     if det is None:
         return None
     batch = torch.from_numpy(np.stack([imaging.to_dataset_size(x, m.data_size) for x in images]))[:, None]
@@ -132,9 +136,10 @@ def table(g: gate.Gate, root: Path, dataset: str, n: int, every: bool) -> None:
     population = gate.population(dataset)
     models, _ = load_all(REPO_ROOT / "checkpoints" if dataset == "nih14-local" else
                          REPO_ROOT / "checkpoints" / dataset, dataset)
-    with_detector = [m for m in models.values() if (m.path / ood.OOD_FILE).exists()]
-    model = with_detector[0] if with_detector else None
-    with_detector = with_detector if every else with_detector[:1]
+    detectors = {m.id: usable_detector(m) for m in models.values() if (m.path / ood.OOD_FILE).exists()}
+    usable = [m for m in models.values() if detectors.get(m.id) is not None]  # the app uses the first usable one
+    model = usable[0] if usable else None
+    with_detector = [m for m in models.values() if m.id in detectors] if every else usable[:1]
     print(f"\n## {dataset} task ({population} films); distance detector: {model.id if model else 'none'}\n")
     print("| images | n | rate | gate | resolution | distance | any (the app) | target |")
     print("|---|---|---|---|---|---|---|---|")
@@ -142,9 +147,9 @@ def table(g: gate.Gate, root: Path, dataset: str, n: int, every: bool) -> None:
     for s in sets(root, n, population):
         gf = gate_flags(g, s, population)
         rf = resolution_flags(next(iter(models.values())), s.images)
-        dists = [distance_flags(m, s.images) for m in with_detector]
+        dists = [distance_flags(m, detectors[m.id], s.images) for m in with_detector]
         per_model.append((s, dists))
-        df = dists[0] if dists else None
+        df = dists[with_detector.index(model)] if model in with_detector else None  # what the app shows
         flagged = gf | rf | (df if df is not None else False)
         rate = "detection" if s.should_flag else "false alarm"
         target = f">= {DETECT_TARGET:.0%}" if s.should_flag else f"<= {FALSE_ALARM_TARGET:.0%}"

@@ -1,6 +1,6 @@
 """Out-of-distribution checks, measured (run by hand): detection rate per transform, crop and kind of non-film,
 false-alarm rate on real test films, for the chest-film gate alone, the resolution check alone, the task's distance
-detector alone (the first model with one, as the Compare page uses), and all of them (what the Compare page shows),
+detector alone (the first model with a usable one, as the Compare page uses), and all of them (what the Compare page shows),
 beside the targets; with ``--every-detector``, each model's distance detector alone. No image used here trained the gate or a detector or
 chose a threshold. Kermany films go through the app's upload path (file bytes, decode, centre square, resize).
 

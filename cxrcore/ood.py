@@ -192,11 +192,12 @@ def too_coarse(shape: tuple[int, ...], data_size: int) -> str | None:
             "blurrier than any film they learnt from")
 
 
-def load_for(m: LoadedModel) -> OODModel | None:
-    """The model's detector, None when it has none; ValueError when it has one that is refused: damaged, of an older
-    kind, or one whose features do not tell generated noise from films (ImageNet EfficientNet-Lite0's pooled features
-    put noise nearer the films' mean than the films themselves: it flagged none)."""
-    path = m.path / OOD_FILE
+def detector(folder: Path) -> OODModel | None:
+    """The detector stored in a checkpoint folder, None when it has none; ValueError when it has one that is refused:
+    damaged, of an older kind, or one whose features do not tell generated noise from films (ImageNet
+    EfficientNet-Lite0's pooled features put noise nearer the films' mean than the films themselves: it flagged none).
+    Reads only the detector file, so a caller can pass over a refused one without loading its model."""
+    path = folder / OOD_FILE
     if not path.exists():
         return None
     det = OODModel.load(path)
@@ -204,6 +205,19 @@ def load_for(m: LoadedModel) -> OODModel | None:
         raise ValueError(f"it flags {det.noise_flagged:.0%} of generated noise images (at least "
                          f"{MIN_NOISE_FLAGGED:.0%} needed): its features do not tell non-films from films")
     return det
+
+
+def usable(folder: Path) -> bool:
+    """Does the checkpoint folder hold a detector that :func:`detector` accepts?"""
+    try:
+        return detector(folder) is not None
+    except (ValueError, TypeError, OSError, json.JSONDecodeError):
+        return False
+
+
+def load_for(m: LoadedModel) -> OODModel | None:
+    """The loaded model's detector (see :func:`detector`)."""
+    return detector(m.path)
 
 
 def is_current(path: Path) -> bool:

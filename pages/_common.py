@@ -23,7 +23,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics, runs
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
-from cxrcore.ood import OOD_FILE
+from cxrcore.ood import usable as detector_usable
 from cxrcore.zoo import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,10 +392,11 @@ def cam(c: Case, sel: Selection, model_id: str, label: str, method: str) -> expl
 @st.cache_data(max_entries=256, show_spinner=False)
 def _ood(sha256: str, root: str, dataset: str, saturation: float, _pixels: np.ndarray) -> str | None:
     """The gate and the first usable detector among every loadable model of the task (chosen or not); only the
-    models with a detector file are offered, and they load one at a time, as the check reaches them."""
+    models whose detector file is accepted are offered (a refused one's model is never loaded), and they load one at
+    a time, as the check reaches them."""
     ready = loadable(root, dataset)
-    with_detector = [i for i in ready if (next(c.path for c in task_checkpoints(root, dataset) if c.id == i)
-                                          / OOD_FILE).exists()] or ready[:1]
+    folders = {c.id: c.path for c in task_checkpoints(root, dataset)}
+    with_detector = [i for i in ready if detector_usable(folders[i])] or ready[:1]
     models = (m for i in with_detector if (m := model(root, dataset, i)) is not None)
     with _model_lock():
         return compare.ood_warning(models, _pixels, saturation)

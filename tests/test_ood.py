@@ -200,8 +200,10 @@ def test_a_detector_that_lets_generated_noise_through_is_refused_and_the_next_on
     with pytest.raises(ValueError, match="10% of generated noise"):
         ood.load_for(m)
     other, _ = make_checkpoint("cnn_small", root=path.parent.parent / "other")
+    assert not ood.usable(other)  # no detector file
     (other / ood.OOD_FILE).write_text(json.dumps(_detector(1e-3) | {"mean": [0.0] * 64,
                                                                   "components": np.eye(4, 64).tolist()}))
+    assert ood.usable(other) and not ood.usable(path)  # read from the folder: the app skips path's model unloaded
     lenient = gate.Gate(gate.GateNet(), gate.Thresholds(1e-9, 1 - 1e-9, 1e-9, 0.99))
     with caplog.at_level(logging.WARNING):
         warning = compare.ood_warning([m, load_model(other)], np.full((28, 28), 200, np.uint8), chest_gate=lenient)

@@ -7,6 +7,7 @@ Every number comes from a card (or is recomputed from stored predictions); publi
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -466,21 +467,50 @@ def _members_fitted_on(card: Card) -> str:
     return ("oof" if card.cross_validated else "val") if card.members else ""
 
 
+ECE_TARGET = 0.05  # what a served probability may be off by, on average, on the test split
+
+
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """How far a model's served probabilities were from the observed rates on its test split: pooled ECE and its
+    95 % bootstrap CI over test patients (else images), against :data:`ECE_TARGET`."""
+
+    model: str
+    ece: float
+    lo: float
+    hi: float
+
+    @property
+    def verdict(self) -> str:
+        """``held`` (the CI lies at or under the target), ``missed`` (wholly above it) or ``unsettled``."""
+        return "held" if self.hi <= ECE_TARGET else "missed" if self.lo > ECE_TARGET else "unsettled"
+
+    def describe(self) -> str:
+        return f"{self.model}: test ECE {self.ece:.3f}, 95 % CI {self.lo:.3f}-{self.hi:.3f}"
+
+
+def calibration_on_test(ck: checkpoints.Checkpoint, n_boot: int = 1000) -> CalibrationCheck:
+    """The served (calibrated) probabilities' test ECE with its CI: what the app's "calibrated p" rests on."""
+    preds = ck.predictions()
+    y, p = split_arrays(preds, "test", ck.card.task)
+    lo, hi = metrics.ece_ci(y, p, n_boot=n_boot, groups=stored_groups(preds, "test"))
+    return CalibrationCheck(ck.id, metrics.reliability(y, p)["ece"], lo, hi)
+
+
 def calibration_rows(cks: Sequence[checkpoints.Checkpoint], n_boot: int = 1000) -> list[dict]:
     """Per model: test ECE of the raw outputs and of the served calibrated probabilities (with its 95 % bootstrap CI
     over test patients, where named), and how it was fitted."""
     rows = []
     for ck in cks:
         preds, cal = ck.predictions(), ck.card.calibration or {}
-        y, p = split_arrays(preds, "test", ck.card.task)
-        lo, hi = metrics.ece_ci(y, p, n_boot=n_boot, groups=stored_groups(preds, "test"))
+        check = calibration_on_test(ck, n_boot)
         method = ({"platt": f"pos-weight prior + Platt (prior strength {cal.get('prior_strength', 0):g})",
                    "temperature": f"temperature {cal.get('temperature', 1):.2f}"
                                   + (f" ({cal['note']})" if cal.get("note") else "")}.get(cal.get("kind"))
                   or ("mean of calibrated members" if ck.card.members else "none"))
         rows.append({"model": ck.id, "test_ece_raw": reliability_of(preds, ck.card.task, raw=True)["ece"],
-                     "test_ece_calibrated": reliability_of(preds, ck.card.task)["ece"],
-                     "test_ece_calibrated_ci": f"[{lo:.3f}, {hi:.3f}]", "calibration": method,
+                     "test_ece_calibrated": check.ece, "test_ece_calibrated_ci": f"[{check.lo:.3f}, {check.hi:.3f}]",
+                     "calibration": method,
                      "fitted_on": cal.get("fitted_on", _members_fitted_on(ck.card))})
     return rows
 

@@ -236,9 +236,9 @@ def predicted_classes(comp: Comparison) -> dict[str, str]:
 
 
 def predicted_by(comp: Comparison) -> list[str]:
-    """Per class, the models (and ensemble) whose predicted class it is, for the Compare table."""
+    """Per class, the models (and the live mean, by its label) whose predicted class it is, for the Compare table."""
     predicted = predicted_classes(comp)
-    return [", ".join(c for c, k in predicted.items() if k == label) for label in comp.probs.index]
+    return [", ".join(comp.label(c) for c, k in predicted.items() if k == label) for label in comp.probs.index]
 
 
 # ---- operating thresholds -------------------------------------------------------------------------------------------

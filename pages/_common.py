@@ -125,6 +125,12 @@ def task_checkpoints(root: str, dataset: str) -> list[checkpoints.Checkpoint]:
     return [c for c in checkpoints.find(Path(root)) if c.dataset == dataset]
 
 
+@st.cache_data(show_spinner=False)
+def calibration_checks(root: str, dataset: str) -> dict[str, benchmarks.CalibrationCheck]:
+    """Each model's test ECE with its CI, by id (models without stored test predictions are absent)."""
+    return {c.id: benchmarks.calibration_on_test(c) for c in task_checkpoints(root, dataset) if c.has_predictions}
+
+
 @st.cache_resource(show_spinner=False)
 def broken_checkpoints(root: str, dataset: str) -> list[checkpoints.Broken]:
     """Checkpoint folders of the task (or of no readable task) that cannot be used, with the reason."""

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import compare, html_table, report
+from cxrcore import benchmarks, compare, html_table, report
 from cxrcore.compare import ENSEMBLE
 from cxrcore.task import kind_of
 from pages import _common as ui
@@ -172,6 +172,13 @@ st.caption(f"Cells: {meaning}. **Red, bold: positive call** (at or above the mod
            f"grey italics: no call (no threshold with enough evidence). Hover a cell for its value to 4 decimals."
            f"{mean_note} Thresholds: {source}"
            + (f"; {len(user_set)} set by the user on the ROC page, listed below." if len(user_set) else "."))
+if not comparable:
+    checks = ui.calibration_checks(str(sel.root), sel.dataset)
+    missed = [checks[m].describe() for m in comp.models if m in checks and checks[m].verdict == "missed"]
+    if missed:
+        st.caption(f"**Calibration did not hold on the test split** (95 % CI wholly above the "
+                   f"{benchmarks.ECE_TARGET:g} target) for {'; '.join(missed)}: read their cells as ranking scores, "
+                   "not as observed rates (Benchmarks › Calibration).")
 if len(user_set):
     st.markdown("**Thresholds set by the user** (the ROC page resets them)")
     st.dataframe(user_set, hide_index=True, height=min(38 + 35 * len(user_set), 320))

@@ -200,6 +200,26 @@ def test_a_model_that_did_not_converge_is_named_and_not_chosen_by_default(monkey
     assert models.value == ["vanilla_cnn"] and "vit_scratch (did not converge)" in models.options
 
 
+def test_a_model_whose_calibration_missed_on_test_is_named_beside_the_probabilities(sample, tmp_path, monkeypatch):
+    """A "calibrated p" rests on the test ECE: where its CI lies wholly above the target the page says so, naming the
+    model and its figures; a model whose calibration held is not named; the comparable score is no probability."""
+    from cxrcore import benchmarks
+
+    root = fake_checkpoint_root(tmp_path)
+    path = root / "vit_scratch" / checkpoints.PREDICTIONS
+    preds = dict(np.load(path))
+    preds["test_probs"] = np.clip(preds["test_probs"] + 0.4, 0, 1)  # overstates every finding by 0.4
+    np.savez_compressed(path, **preds)
+    checks = {c.id: benchmarks.calibration_on_test(c) for c in checkpoints.find(root) if c.id != ENSEMBLE}
+    assert checks["vit_scratch"].verdict == "missed" and checks["vanilla_cnn"].verdict != "missed"
+    monkeypatch.setenv("CXR_CHECKPOINTS", str(root))
+    at = upload(start(), *sample)
+    (note,) = [c for c in texts(at).split("\n") if "Calibration did not hold on the test split" in c]
+    assert checks["vit_scratch"].describe() in note and "vanilla_cnn" not in note
+    at.toggle(key="comparable").set_value(True).run()
+    assert "Calibration did not hold" not in texts(at)
+
+
 def _in_page_order(node) -> list:
     """The page's elements, top to bottom (blocks walked in order)."""
     children = getattr(node, "children", None)

@@ -366,3 +366,16 @@ def test_a_model_shipped_from_a_chest_base_keeps_its_random_init_seeds_apart(tmp
 def test_markdown_leaves_a_missing_figure_blank():
     table = benchmarks.markdown([{"model": "vgg16", "sens": float("nan"), "spec": None, "auc": 0.4964}])
     assert table.splitlines()[-1] == "| vgg16 |  |  | 0.496 |"
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [(0.01, 0.05, "held"), (0.04, 0.06, "unsettled"), (0.051, 0.09, "missed")])
+def test_a_calibration_verdict_needs_the_whole_interval_on_one_side_of_the_target(lo, hi, verdict):
+    assert benchmarks.CalibrationCheck("m", (lo + hi) / 2, lo, hi).verdict == verdict
+
+
+def test_the_calibration_table_shows_each_models_calibration_check(nih):
+    rows = {r["model"]: r for r in benchmarks.calibration_rows(nih, n_boot=50)}
+    for ck in nih:
+        check = benchmarks.calibration_on_test(ck, n_boot=50)
+        assert rows[ck.id]["test_ece_calibrated"] == check.ece
+        assert rows[ck.id]["test_ece_calibrated_ci"] == f"[{check.lo:.3f}, {check.hi:.3f}]"

@@ -423,4 +423,4 @@ def test_predicted_class_is_each_columns_most_probable_class():
     probs = {"a": [0.2, 0.5, 0.3], "b": [0.6, 0.1, 0.3]}
     comp = compare.compare(probs, {c: [0.5] * 3 for c in (*probs, ENSEMBLE)}, classes, ["a", "b"])
     assert compare.predicted_classes(comp) == {"a": "bacterial", "b": "normal", ENSEMBLE: "normal"}  # mean .4/.3/.3
-    assert compare.predicted_by(comp) == [f"b, {ENSEMBLE}", "a", ""]
+    assert compare.predicted_by(comp) == ["b, mean of 2 selected", "a", ""]  # the live mean by its shown name

@@ -29,7 +29,8 @@ def probability_chart(comp: compare.Comparison, comparable: bool) -> go.Figure:
                         color=palette[col], opacity=[1.0 if c else 0.35 for c in calls[col]]),
             customdata=comp.thresholds.loc[labels, col],
             hovertemplate=f"{comp.label(col)}<br>%{{y}}: %{{x:.3f}} (threshold %{{customdata:.3f}})<extra></extra>"))
-    fig.update_layout(height=120 + 26 * len(labels), xaxis=dict(range=[0, 1], title="comparable score (threshold "
+    legend_rows = -(-(len(comp.probs.columns) + 1) // 2)  # in the half-width column it wraps two entries a row
+    fig.update_layout(height=120 + 26 * len(labels) + 20 * legend_rows, xaxis=dict(range=[0, 1], title="comparable score (threshold "
                       "at 0.5)" if comparable else "calibrated probability"),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom"), margin=dict(l=10, r=10, t=40, b=10),
                       barmode="overlay")
@@ -121,27 +122,29 @@ with right:
         st.markdown(f"**Predicted class ({comp.label(lead)}): {predicted[lead]}** "
                     f"(p={comp.probs.at[predicted[lead], lead]:.2f}); each model's probabilities over the "
                     f"{len(comp.probs)} classes sum to 1.")
-    positives = comp.positive_calls()
-    if len(positives):
-        st.markdown("**Each positive call and the evidence behind its threshold** (on the held-out images it was "
-                    "chosen on: out-of-fold where the model was cross-validated, else validation)")
-        num = st.column_config.NumberColumn
-        st.dataframe(positives, hide_index=True, width="stretch", height=min(38 + 35 * len(positives), 360),
-                     column_config={
-                         "column": "Model", "label": "Label",
-                         "probability": num("Calibrated p", format="%.2f"),
-                         "threshold": num("Threshold", format="%.3f"),
-                         "sensitivity": num("Sensitivity", format="%.2f"),
-                         "specificity": num("Specificity", format="%.2f"),
-                         "ppv": num("PPV", format="%.2f", help="Share of held-out calls at this threshold that "
-                                                                  "were right"),
-                         "positives": num("Held-out positives",
-                                          help="Positives the threshold and these rates rest on"),
-                         "auc_ci": st.column_config.TextColumn(
-                             "Label AUC 95 % CI", help="The label's held-out AUC interval (bootstrap over patients); "
-                                                       "no threshold is set where it includes 0.5")})
-    else:
-        st.caption("No model calls any label positive on this film at its thresholds.")
+    st.markdown("**Scores by label**")  # beside the film: where the models agree and split, at a glance
+    st.caption("Opaque markers: positive call; faded: negative or no call. The grey bar spans the models' scores, so "
+               "a long bar means the models disagree.")
+    st.plotly_chart(probability_chart(comp, comparable), config={"displayModeBar": False})
+positives = comp.positive_calls()
+if len(positives):  # full width: every column of the evidence in view, none behind a horizontal scroll
+    st.markdown("**Each positive call and the evidence behind its threshold** (on the held-out images it was "
+                "chosen on: out-of-fold where the model was cross-validated, else validation)")
+    num = st.column_config.NumberColumn
+    st.dataframe(positives, hide_index=True, width="stretch", height=min(38 + 35 * len(positives), 360),
+                 column_config={
+                     "column": st.column_config.TextColumn("Model", pinned=True), "label": "Label",
+                     "probability": num("Calibrated p", format="%.2f"),
+                     "threshold": num("Threshold", format="%.3f"),
+                     "sensitivity": num("Sensitivity", format="%.2f"),
+                     "specificity": num("Specificity", format="%.2f"),
+                     "ppv": num("PPV", format="%.2f", help="Share of held-out calls at this threshold that were right"),
+                     "positives": num("Held-out positives", help="Positives the threshold and these rates rest on"),
+                     "auc_ci": st.column_config.TextColumn(
+                         "Label AUC 95 % CI", help="The label's held-out AUC interval (bootstrap over patients); no "
+                                                   "threshold is set where it includes 0.5")})
+else:
+    st.caption("No model calls any label positive on this film at its thresholds.")
 
 st.subheader("Probability per label and model")
 table = pd.DataFrame(index=comp.probs.index)  # what to read first, then one column per model
@@ -187,11 +190,6 @@ if no_call:
     st.markdown("**No call (score shown only)**\n" + "\n".join(f"- **{label}**: {why}" for label, why in
                                                                     no_call.items()))
 
-
-st.subheader("Scores by label")
-st.caption("Opaque markers: positive call; faded: negative or no call. The grey bar spans the models' scores, so a "
-           "long bar means the models disagree.")
-st.plotly_chart(probability_chart(comp, comparable), config={"displayModeBar": False})
 
 st.subheader("Downloads")
 stem = Path(case.name).stem or "image"

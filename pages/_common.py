@@ -702,6 +702,13 @@ class LabelCurves:
     roc: dict[str, list[float]]
     pr: dict[str, list[float]]
     auc: float
+    auc_ci: tuple[float, float] | None  # 95 % bootstrap over test patients; None below metrics.MIN_POSITIVES
+
+    def auc_text(self) -> str:
+        """The test AUC with the evidence behind it, for a legend."""
+        why = (f", CI {self.auc_ci[0]:.2f}-{self.auc_ci[1]:.2f}" if self.auc_ci else
+               f", {int(self.y_test.sum())} positives: no CI")
+        return f"AUC {self.auc:.3f}{why}"
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
@@ -716,7 +723,8 @@ def _label_curves(root: str, dataset: str, column: str, ids: tuple[str, ...], la
     return LabelCurves(y, p, benchmarks.split_arrays(preds, held, task)[1][:, label],
                        compare.preset_points(y_fit[:, label], p_fit[:, label], card_point,
                                              runs.stored_groups(preds, fit_split)),
-                       metrics.roc(y, p), metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]))
+                       metrics.roc(y, p), metrics.pr_curve(y, p), float(metrics.auc_per_label(y[:, None], p[:, None])[0]),
+                       metrics.label_auc_ci(y, p, runs.stored_groups(preds, "test")))
 
 
 HELD_OUT = "held_out"  # presets chosen where the card's thresholds were: out of fold, else validation

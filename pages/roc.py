@@ -91,7 +91,7 @@ def roc_figure(stats: dict[str, dict], active: dict[str, float], bands: bool) ->
             fig.add_trace(go.Scatter(x=band["grid"] + band["grid"][::-1], y=band["tpr_hi"] + band["tpr_lo"][::-1],
                                      fill="toself", fillcolor=ui.translucent(color), line=dict(width=0),
                                      hoverinfo="skip", showlegend=False, legendgroup=c))
-        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], name=f"{shown[c]} (AUC {curves[c].auc:.3f})", legendgroup=c,
+        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], name=f"{shown[c]} ({curves[c].auc_text()})", legendgroup=c,
                                  line=dict(color=color, width=3 if c == ENSEMBLE else 2,
                                            dash="dash" if c == ENSEMBLE else "solid"),
                                  customdata=roc["thresholds"],
@@ -204,7 +204,8 @@ def operating_points() -> None:
             st.plotly_chart(pr_figure(stats, active), key="pr_chart")
         y = curves[columns[0]].y_test
         st.caption(f"Test split: {len(y)} images, {int(y.sum())} with {label}. Crosses: operating points at the "
-                   "thresholds in force.")
+                   "thresholds in force. AUC CI: 95 % bootstrap over test patients (images where a task names none), "
+                   f"given where the label has at least {metrics.MIN_POSITIVES} positives.")
     with panel:
         c = st.selectbox("Model", columns, help="The model whose threshold the slider sets (Your thresholds, below, "
                          "lists the ones you changed).", format_func=shown.get,

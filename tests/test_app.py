@@ -343,6 +343,18 @@ def test_threshold_slider_moves_sensitivity_and_specificity_and_carries_to_compa
     assert at.session_state["thresholds"]["nih14-local"]["vanilla_cnn"]["Atelectasis"] == 0.95
 
 
+def test_roc_legend_gives_each_test_auc_with_its_patient_interval(sample, fake_root):
+    from cxrcore import benchmarks, metrics, runs
+
+    at = upload(start(), *sample)
+    at.switch_page("pages/roc.py").run()
+    names = [t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("name")]
+    preds = checkpoints.Checkpoint(fake_root / "vanilla_cnn", checkpoints.read_card(fake_root / "vanilla_cnn")).predictions()
+    y, p = benchmarks.split_arrays(preds, "test", "multi-label, binary-class")
+    lo, hi = metrics.label_auc_ci(y[:, 0], p[:, 0], runs.stored_groups(preds, "test"))
+    assert f"vanilla_cnn (AUC {metrics.auc_per_label(y[:, :1], p[:, :1])[0]:.3f}, CI {lo:.2f}-{hi:.2f})" in names
+
+
 def test_presets_set_every_models_slider(sample):
     at = upload(start(), *sample)
     at.switch_page("pages/roc.py").run()

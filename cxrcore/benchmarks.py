@@ -560,14 +560,14 @@ def published_section(dataset: str) -> list[str]:
 
 
 SEED_NOTE = ("A model ranks above its neighbour only where every seed of it beats every seed of the other and the "
-             "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0. val_auc_seed0: "
-             "the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
-             "val_auc_others: the other seeds' mean (a positive gap is what that choice may have flattered it by). "
-             "commits: how many code versions trained the seeds (more than one: the spread includes code changes). "
-             "Each table is one recipe: the shipped one (seed 0 is the shipped model, seeds 1-2 under seeds/), "
-             "the single-split recipe of the models since retrained cross-validated (seeds 0-2 under "
-             "seeds-single-split/), and the random-init recipe of the models since fine-tuned from a chest X-ray "
-             "base (seeds 0-2 under seeds-random-init/).")
+             "paired bootstrap of the seed-averaged test AUC difference, over patients, excludes 0. Val AUC seed 0 "
+             "(val_auc_seed0): the validation AUC of seed 0, the shipped model whose recipe was chosen on validation; "
+             "Val AUC others (val_auc_others): the other seeds' mean (a positive gap is what that choice may have "
+             "flattered it by). Code versions (commits): how many code versions trained the seeds (more than one: the "
+             "spread includes code changes). Each table is one recipe: the shipped one (seed 0 is the shipped model, "
+             "seeds 1-2 under seeds/), the single-split recipe of the models since retrained cross-validated (seeds "
+             "0-2 under seeds-single-split/), and the random-init recipe of the models since fine-tuned from a chest "
+             "X-ray base (seeds 0-2 under seeds-random-init/).")
 
 
 def seed_report(cks: Sequence[checkpoints.Checkpoint], seeds_root: Path | None, dataset: str,

@@ -71,20 +71,42 @@ fig = go.Figure(go.Bar(x=table.index, y=table["test_auc"], marker_color=list(ui.
 fig.add_hline(y=0.5, line=dict(dash="dot", color="grey"), annotation_text="chance (0.5)", annotation_position="bottom left")
 fig.update_layout(yaxis=dict(title="test AUC", range=auc_axis(*lo)), height=320, margin=dict(l=10, r=10, t=20, b=10))
 st.plotly_chart(fig, key="auc_bars")
+auc3 = {"format": "%.3f"}
+SEED_HEADERS = {"seeds": "Seeds", "test_auc_mean": num("Test AUC mean", **auc3), "test_auc_sd": num("sd", **auc3),
+                "test_auc_min": num("min", **auc3), "test_auc_max": num("max", **auc3),
+                "val_auc_seed0": num("Val AUC seed 0", **auc3), "val_auc_others": num("Val AUC others", **auc3),
+                "oof_auc_mean": num("OOF AUC mean", **auc3), "oof_auc_sd": num("OOF sd", **auc3),
+                "commits": "Code versions"}
+CLAIM_HEADERS = {"a": "Model", "b": "Next", "seeds": "Seeds", "diff": num("Test AUC diff", **auc3),
+                 "diff_ci": "Diff 95 % CI", "resampled": "Resampled",
+                 "seeds_separate": st.column_config.CheckboxColumn("Every seed beats every seed"),
+                 "bootstrap_separates": st.column_config.CheckboxColumn("Bootstrap CI excludes 0"),
+                 "winner": "Ranks higher", "claim": "Claim"}
+PRETRAIN_HEADERS = {"recipe": "Recipe", "base": "Base", "init_main": "Baseline init", "recipe_change": "Recipe change",
+                    "held_out_auc_main": num("Held-out AUC baseline", **auc3),
+                    "held_out_auc_pretrained": num("Held-out AUC pretrained", **auc3),
+                    "held_out_gain": num("Held-out gain", format="%+.3f"),
+                    "test_auc_main": num("Test AUC baseline", **auc3),
+                    "test_auc_pretrained": num("Test AUC pretrained", **auc3),
+                    "test_gain": num("Test gain", format="%+.3f")}
+noted = False  # the note explains every seeds table: shown under the first
 for recipe, root in seed_roots().items():
     seed_rows, seed_claims = benchmarks.seed_report(cks, root, sel.dataset)
     if seed_rows:
         st.subheader(f"Seeds ({recipe}): test AUC mean +- sd, and the rankings they allow")
-        st.caption(benchmarks.SEED_NOTE)
-        st.dataframe(pd.DataFrame(seed_rows).set_index("model"))
+        if not noted:
+            st.caption(benchmarks.SEED_NOTE)
+            noted = True
+        st.dataframe(pd.DataFrame(seed_rows).set_index("model"), column_config=SEED_HEADERS)
         if seed_claims:  # one model alone in a recipe has no neighbour to rank against
-            st.dataframe(pd.DataFrame(seed_claims), hide_index=True)
+            st.dataframe(pd.DataFrame(seed_claims), hide_index=True, column_config=CLAIM_HEADERS)
 pretrained = benchmarks.pretraining_rows(benchmarks.recipe_baselines(cks, seed_roots().values(), sel.dataset),
                                           pretrain_root(), sel.dataset)
 if pretrained:
     st.subheader("Chest X-ray pretraining against random init")
     st.caption(benchmarks.PRETRAIN_NOTE)
-    st.dataframe(pd.DataFrame(pretrained, columns=benchmarks.PRETRAIN_COLUMNS).set_index("model"))
+    st.dataframe(pd.DataFrame(pretrained, columns=benchmarks.PRETRAIN_COLUMNS).set_index("model"),
+                 column_config=PRETRAIN_HEADERS)
 
 per_label, curves, prevalence, calibration, confusion, learning = st.tabs(
     ["Per-label metrics", "Training curves", "Label prevalence", "Calibration", "Confusion matrices",

@@ -502,6 +502,20 @@ def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, n_bins: 
     return float(reliability(y_true, y_score, n_bins)["ece"])
 
 
+def prior_shift(y_score: np.ndarray, source: np.ndarray, target: np.ndarray, exclusive: bool) -> np.ndarray:
+    """Probabilities moved from one class mix to another by Bayes' rule (Saerens et al. 2002): each class's odds
+    scale by target / source. ``exclusive``: one class per image (rows renormalised); else each column is its own
+    yes / no. Used to ask whether a calibration miss is the class mix alone: it needs the target mix, so it is a
+    diagnostic on labelled data, never what the app serves."""
+    p = np.clip(np.asarray(y_score, dtype=float), 1e-12, 1 - 1e-12)
+    s, t = (np.clip(np.asarray(v, dtype=float), 1e-12, 1 - 1e-12) for v in (source, target))
+    if exclusive:
+        w = p * (t / s)
+        return w / w.sum(axis=1, keepdims=True)
+    odds = p / (1 - p) * (t / (1 - t)) / (s / (1 - s))
+    return odds / (1 + odds)
+
+
 def ece_ci(y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10, n_boot: int = 1000, alpha: float = 0.05,
            seed: int = 0, groups: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile bootstrap CI of :func:`expected_calibration_error` (all labels pooled), over images or, with

@@ -163,10 +163,14 @@ with calibration:
     st.caption("Reliability diagram on the test split, all labels pooled, 10 equal-width bins; the diagonal is "
                "perfect calibration. Dotted: the networks' raw outputs; solid: the calibrated probabilities the app "
                "serves (fitted on held-out predictions: out-of-fold or validation, see fitted_on). ECE: expected "
-               "calibration error.")
+               "calibration error; its CI: a bootstrap over test patients (else images). "
+               + benchmarks.AT_TEST_MIX_NOTE.replace("test_ece_at_test_mix", "At the test mix"))
     st.dataframe(pd.DataFrame(benchmarks.calibration_rows([c for c in cks if c.has_predictions])).set_index("model"),
                  column_config={"test_ece_raw": num("Test ECE raw", format="%.3f"),
-                                "test_ece_calibrated": num("Test ECE calibrated", format="%.3f")})
+                                "test_ece_calibrated": num("Test ECE calibrated", format="%.3f"),
+                                "test_ece_calibrated_ci": "95 % CI",
+                                "test_ece_at_test_mix": num("At the test mix", format="%.3f"),
+                                "calibration": "Calibration", "fitted_on": "Fitted on"})
 
 with confusion:
     if not multiclass:

@@ -379,3 +379,8 @@ def test_the_calibration_table_shows_each_models_calibration_check(nih):
         check = benchmarks.calibration_on_test(ck, n_boot=50)
         assert rows[ck.id]["test_ece_calibrated"] == check.ece
         assert rows[ck.id]["test_ece_calibrated_ci"] == f"[{check.lo:.3f}, {check.hi:.3f}]"
+        preds = ck.predictions()  # the diagnostic: served probabilities moved to the test mix from the held-out one
+        y, p = benchmarks.split_arrays(preds, "test", ck.card.task)
+        source = benchmarks.split_arrays(preds, "val", ck.card.task)[0].mean(axis=0)
+        moved = metrics.prior_shift(p, source, y.mean(axis=0), exclusive=False)
+        assert rows[ck.id]["test_ece_at_test_mix"] == pytest.approx(metrics.expected_calibration_error(y, moved))

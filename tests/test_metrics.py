@@ -545,3 +545,23 @@ def test_ece_ci_is_the_bootstrap_of_the_ece_over_images_or_patients():
     image_lo, image_hi = metrics.ece_ci(y5, p5, n_boot=200)
     patient_lo, patient_hi = metrics.ece_ci(y5, p5, n_boot=200, groups=groups)
     assert patient_hi - patient_lo > 1.5 * (image_hi - image_lo)
+
+
+def test_prior_shift_moves_probabilities_to_a_new_class_mix_by_bayes_rule():
+    p = np.array([[0.5, 0.5], [0.9, 0.1]])
+    np.testing.assert_allclose(metrics.prior_shift(p, [0.5, 0.5], [0.5, 0.5], exclusive=True), p)
+    np.testing.assert_allclose(metrics.prior_shift(p[:1], [0.5, 0.5], [0.2, 0.8], exclusive=True), [[0.2, 0.8]])
+    np.testing.assert_allclose(metrics.prior_shift(np.array([[0.5, 0.5]]), [0.5, 0.25], [0.1, 0.25],
+                                                   exclusive=False), [[0.1, 0.5]])  # each column on its own
+
+
+def test_prior_shift_restores_calibration_lost_to_a_change_of_class_mix_alone():
+    """Scores calibrated where 20 % are positive, read where 60 % are: the same films' likelihoods, another mix.
+    Bayes' rule to the new mix brings the ECE back near 0; the unshifted scores are far off."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(1, 1, 6000), rng.normal(0, 1, 4000)])  # positives then negatives
+    y = np.concatenate([np.ones(6000), np.zeros(4000)])[:, None]
+    lr = np.exp(x - 0.5)  # likelihood ratio of N(1, 1) to N(0, 1)
+    at_source = (0.25 * lr / (1 + 0.25 * lr))[:, None]  # calibrated at a 20 % prevalence (odds 0.25)
+    shifted = metrics.prior_shift(at_source, [0.2], [0.6], exclusive=False)
+    assert metrics.expected_calibration_error(y, shifted) < 0.02 < 0.2 < metrics.expected_calibration_error(y, at_source)

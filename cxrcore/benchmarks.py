@@ -479,11 +479,12 @@ class CalibrationCheck:
     ece: float
     lo: float
     hi: float
+    target: float = ECE_TARGET
 
     @property
     def verdict(self) -> str:
         """``held`` (the CI lies at or under the target), ``missed`` (wholly above it) or ``unsettled``."""
-        return "held" if self.hi <= ECE_TARGET else "missed" if self.lo > ECE_TARGET else "unsettled"
+        return "held" if self.hi <= self.target else "missed" if self.lo > self.target else "unsettled"
 
     def describe(self) -> str:
         return f"{self.model}: test ECE {self.ece:.3f}, 95 % CI {self.lo:.3f}-{self.hi:.3f}"

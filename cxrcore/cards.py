@@ -2,10 +2,15 @@
 page, and the one-line description of the training data every page header and PDF report repeats."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import datasets, metrics
 from .card import Card
 from .checkpoints import Checkpoint
 from .report import ENSEMBLE
+
+if TYPE_CHECKING:  # benchmarks imports (through localisation and compare) this module
+    from .benchmarks import CalibrationCheck
 
 # The registry's titles and provenance texts by dataset name (cards of unregistered datasets show their name)
 TASKS = {e.name: e.title for e in datasets.entries()}
@@ -28,8 +33,20 @@ def _fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
-    """A card as titled (field, value) lists a clinician can read, in the order they are asked about."""
+CALIBRATION_VERDICTS = {"held": "within", "missed": "above", "unsettled": "not settled against"}
+
+
+def _calibration(ece: float | None, check: CalibrationCheck | None) -> str:
+    if check is None:
+        return _fmt(ece)
+    from_target = CALIBRATION_VERDICTS[check.verdict]
+    return (f"{check.ece:.3f} ({check.lo:.3f}-{check.hi:.3f}): {from_target} the {check.target:g} target"
+            + (": read its scores as rankings, not observed rates" if check.verdict == "missed" else ""))
+
+
+def card_sections(ck: Checkpoint, calibration: CalibrationCheck | None = None) -> dict[str, list[tuple[str, str]]]:
+    """A card as titled (field, value) lists a clinician can read, in the order they are asked about;
+    ``calibration``: the served probabilities' test ECE with its CI (:func:`benchmarks.calibration_on_test`)."""
     c = ck.card
     test = c.metrics.test
     lo, hi = test.auc_macro_ci or (None, None)
@@ -50,7 +67,8 @@ def card_sections(ck: Checkpoint) -> dict[str, list[tuple[str, str]]]:
                     ("Test accuracy (0.5)", _fmt(test.acc)),
                     ("Test sensitivity / specificity (card thresholds)",
                      f"{_fmt(test.sensitivity_macro)} / {_fmt(test.specificity_macro)}"),
-                    ("Test calibration error (ECE)", _fmt(test.ece))],
+                    ("Test calibration error (ECE; 95% CI)" if calibration else "Test calibration error (ECE)",
+                     _calibration(test.ece, calibration))],
         "Training": [("Epochs (best)", f"{_fmt(c.epochs_run)} ({_fmt(c.best_epoch)})"),
                      ("Train time", f"{c.train_seconds / 60:.1f} min on {_fmt(c.hardware)}"),
                      ("Train / val loss", f"{_fmt(c.metrics.train_loss)} / {_fmt(c.metrics.val_loss)}")],

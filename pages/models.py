@@ -34,7 +34,7 @@ for k, ck in enumerate(sel.cards):
             st.code(ck.card.rebuild, language="bash")
         if ck.id in sel.problems and ck.has_weights:
             st.error(sel.problems[ck.id], icon=":material/error:")
-        sections = cards.card_sections(ck)
+        sections = cards.card_sections(ck, ui.calibration_checks(str(sel.root), sel.dataset).get(ck.id))
         left, right = st.columns(2, gap="large")
         for i, (name, rows) in enumerate(sections.items()):
             with (left if i % 2 == 0 else right):

@@ -53,3 +53,16 @@ def test_a_lora_card_names_its_frozen_base(nih):
     init = dict(cards.card_sections(lora)["Initialisation"])
     assert init["LoRA base"].startswith("vit_scratch (pneumoniamnist-local/vit_scratch); frozen")
     assert "LoRA base" not in dict(cards.card_sections(ck)["Initialisation"])
+
+
+def test_a_card_gives_its_test_calibration_with_the_interval_and_what_it_means(nih):
+    from cxrcore.benchmarks import CalibrationCheck, calibration_on_test
+
+    ck = next(c for c in nih if c.id == "vanilla_cnn")
+    check = calibration_on_test(ck, n_boot=50)
+    shown = dict(cards.card_sections(ck, check)["Results"])["Test calibration error (ECE; 95% CI)"]
+    assert shown.startswith(f"{check.ece:.3f} ({check.lo:.3f}-{check.hi:.3f}): ")
+    missed = dict(cards.card_sections(ck, CalibrationCheck("vanilla_cnn", 0.13, 0.11, 0.15))["Results"])
+    assert missed["Test calibration error (ECE; 95% CI)"].endswith(
+        "above the 0.05 target: read its scores as rankings, not observed rates")
+    assert dict(cards.card_sections(ck)["Results"])["Test calibration error (ECE)"] == f"{ck.card.metrics.test.ece:.3f}"

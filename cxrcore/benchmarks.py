@@ -7,13 +7,13 @@ Every number comes from a card (or is recomputed from stored predictions); publi
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import checkpoints, curves, localisation, metrics, published
+from .calibration import CalibrationCheck
 from .card import Card
 from .data import REPO_ROOT
 from .runs import held_out_split, pretrain_root, seed_roots, stored_groups
@@ -465,29 +465,6 @@ def _members_fitted_on(card: Card) -> str:
     """Where an ensemble's members were calibrated and its thresholds chosen: out of fold when all were
     cross-validated on the same folds, else validation; "" for a single model without calibration."""
     return ("oof" if card.cross_validated else "val") if card.members else ""
-
-
-ECE_TARGET = 0.05  # what a served probability may be off by, on average, on the test split
-
-
-@dataclass(frozen=True)
-class CalibrationCheck:
-    """How far a model's served probabilities were from the observed rates on its test split: pooled ECE and its
-    95 % bootstrap CI over test patients (else images), against :data:`ECE_TARGET`."""
-
-    model: str
-    ece: float
-    lo: float
-    hi: float
-    target: float = ECE_TARGET
-
-    @property
-    def verdict(self) -> str:
-        """``held`` (the CI lies at or under the target), ``missed`` (wholly above it) or ``unsettled``."""
-        return "held" if self.hi <= self.target else "missed" if self.lo > self.target else "unsettled"
-
-    def describe(self) -> str:
-        return f"{self.model}: test ECE {self.ece:.3f}, 95 % CI {self.lo:.3f}-{self.hi:.3f}"
 
 
 def calibration_on_test(ck: checkpoints.Checkpoint, n_boot: int = 1000) -> CalibrationCheck:

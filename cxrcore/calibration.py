@@ -171,3 +171,26 @@ def fit(y: np.ndarray, probs: np.ndarray, multilabel: bool, shift: Sequence[floa
         shift = shift if shift is not None else [0.0] * np.shape(probs)[1]
         return fit_platt(y, probs, shift, choose_strength(y, probs, shift), fitted_on)
     return fit_temperature(y, probs, fitted_on)
+
+
+ECE_TARGET = 0.05  # what a served probability may be off by, on average, on the test split
+
+
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """How far a model's served probabilities were from the observed rates on its test split: pooled ECE and its
+    95 % bootstrap CI over test patients (else images), against :data:`ECE_TARGET`."""
+
+    model: str
+    ece: float
+    lo: float
+    hi: float
+    target: float = ECE_TARGET
+
+    @property
+    def verdict(self) -> str:
+        """``held`` (the CI lies at or under the target), ``missed`` (wholly above it) or ``unsettled``."""
+        return "held" if self.hi <= self.target else "missed" if self.lo > self.target else "unsettled"
+
+    def describe(self) -> str:
+        return f"{self.model}: test ECE {self.ece:.3f}, 95 % CI {self.lo:.3f}-{self.hi:.3f}"

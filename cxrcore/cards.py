@@ -2,15 +2,11 @@
 page, and the one-line description of the training data every page header and PDF report repeats."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import datasets, metrics
+from .calibration import CalibrationCheck
 from .card import Card
 from .checkpoints import Checkpoint
 from .report import ENSEMBLE
-
-if TYPE_CHECKING:  # benchmarks imports (through localisation and compare) this module
-    from .benchmarks import CalibrationCheck
 
 # The registry's titles and provenance texts by dataset name (cards of unregistered datasets show their name)
 TASKS = {e.name: e.title for e in datasets.entries()}
@@ -36,10 +32,14 @@ def _fmt(value: object, digits: int = 3) -> str:
 CALIBRATION_VERDICTS = {"held": "within", "missed": "above", "unsettled": "not settled against"}
 
 
-def _calibration(ece: float | None, check: CalibrationCheck | None) -> str:
+def calibration_text(ece: float | None, check: CalibrationCheck | None, short: bool = False) -> str:
+    """The served probabilities' test ECE in words: with its CI and where that lies against the target when
+    ``check`` is given, else the card's figure alone; ``short`` for a table cell."""
     if check is None:
         return _fmt(ece)
     from_target = CALIBRATION_VERDICTS[check.verdict]
+    if short:
+        return f"{check.ece:.3f} ({check.lo:.3f}-{check.hi:.3f}), {from_target} {check.target:g}"
     return (f"{check.ece:.3f} ({check.lo:.3f}-{check.hi:.3f}): {from_target} the {check.target:g} target"
             + (": read its scores as rankings, not observed rates" if check.verdict == "missed" else ""))
 
@@ -68,7 +68,7 @@ def card_sections(ck: Checkpoint, calibration: CalibrationCheck | None = None) -
                     ("Test sensitivity / specificity (card thresholds)",
                      f"{_fmt(test.sensitivity_macro)} / {_fmt(test.specificity_macro)}"),
                     ("Test calibration error (ECE; 95% CI)" if calibration else "Test calibration error (ECE)",
-                     _calibration(test.ece, calibration))],
+                     calibration_text(test.ece, calibration))],
         "Training": [("Epochs (best)", f"{_fmt(c.epochs_run)} ({_fmt(c.best_epoch)})"),
                      ("Train time", f"{c.train_seconds / 60:.1f} min on {_fmt(c.hardware)}"),
                      ("Train / val loss", f"{_fmt(c.metrics.train_loss)} / {_fmt(c.metrics.val_loss)}")],

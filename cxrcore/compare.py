@@ -22,8 +22,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from . import explain, gate, metrics
+from .calibration import CalibrationCheck
 from .card import Card
-from .cards import training_data
+from .cards import calibration_text, training_data
 from .data import Box, Split
 from .task import is_multilabel
 from .imaging import DecodedImage, Limits, decode, to_dataset_size
@@ -440,18 +441,20 @@ def ood_warning(models: Iterable[LoadedModel], pixels: np.ndarray, saturation: f
 
 # ---- the PDF case report --------------------------------------------------------------------------------------------
 
-def report_model(card: Card) -> ReportModel:
-    """Provenance of one model for the report."""
+def report_model(card: Card, calibration: CalibrationCheck | None = None) -> ReportModel:
+    """Provenance of one model for the report, with its test calibration where ``calibration`` is given."""
     return ReportModel(card.id, card.arch, f"{card.init.kind}: {card.init.source}".strip(": "),
-                       training_data(card), card.metrics.test.auc_macro, card.weights_sha256)
+                       training_data(card), card.metrics.test.auc_macro, card.weights_sha256,
+                       calibration_text(card.metrics.test.ece, calibration, short=True))
 
 
 def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards: Sequence[Card], source: str,
                 cams: Sequence[tuple[str, np.ndarray]] = (), ood: str | None = None, created: str = "",
-                user_set: Mapping[str, Iterable[str]] | None = None) -> CaseReport:
+                user_set: Mapping[str, Iterable[str]] | None = None,
+                calibration: Mapping[str, CalibrationCheck] | None = None) -> CaseReport:
     """The comparison as the report's plain data: model ids as columns, then the live mean, headed as the page heads
     it ("mean of N selected"); a label without a threshold prints no call; ``user_set``: per column (model id or
-    ENSEMBLE), the labels whose threshold the user set."""
+    ENSEMBLE), the labels whose threshold the user set; ``calibration``: each model's test calibration, by id."""
     cols = list(comparison.probs.columns)
     marked = {comparison.label(c): list(labels) for c, labels in (user_set or {}).items() if c in cols and labels}
     return CaseReport(
@@ -459,6 +462,6 @@ def case_report(comparison: Comparison, image: np.ndarray, filename: str, cards:
         model_ids=[comparison.label(c) for c in cols],
         probs={comparison.label(c): comparison.probs[c].tolist() for c in cols},
         thresholds={comparison.label(c): comparison.thresholds[c].tolist() for c in cols},
-        threshold_source=source, models=[report_model(c) for c in cards], cams=list(cams), ood_warning=ood,
+        threshold_source=source, models=[report_model(c, (calibration or {}).get(c.id)) for c in cards], cams=list(cams), ood_warning=ood,
         created=created, user_set=marked,
     )

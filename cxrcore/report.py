@@ -40,7 +40,9 @@ _POSITIVE_FILL = (255, 214, 190)
 USER_MARK = "*"
 AUC_NOTE = ("Test AUC: how well the model ranks films on this project's test split, averaged over labels; the "
             "chance that a film with the finding scores above one without it. 0.5 is chance, 1.0 is perfect; it "
-            "describes the model over many films, not this film.")
+            "describes the model over many films, not this film. Test ECE: how far its calibrated probabilities "
+            "were, on average, from the observed rates on that split (95 % CI); where the whole interval is above "
+            "0.05, read its probabilities as rankings, not as rates.")
 _ASCII_FALLBACKS = str.maketrans({
     "\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
     "\u2026": "...", "\u2264": "<=", "\u2265": ">=", "\u2212": "-", "\u2192": "->",
@@ -57,6 +59,7 @@ class ReportModel:
     dataset: str
     test_auc: float | None
     weights_sha256: str | None
+    test_ece: str = "n/a"  # the served probabilities' test ECE with its CI and verdict, in words
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,10 @@ def provenance_rows(models: Sequence[ReportModel]) -> list[list[str]]:
     """Header plus one row per model; the weights hash is cut to 12 hex, enough to tell checkpoints apart. The
     training data gets a column only when the models differ in it."""
     per_model = shared_training_data(models) is None
-    head = ["Model", "Architecture", "Init", *(["Training data"] if per_model else []), "Test AUC", "Weights SHA-256"]
+    head = ["Model", "Architecture", "Init", *(["Training data"] if per_model else []), "Test AUC",
+            "Test ECE (95% CI)", "Weights SHA-256"]
     return [head] + [
-        [m.id, m.arch, m.init, *([m.dataset] if per_model else []), _num(m.test_auc, 3),
+        [m.id, m.arch, m.init, *([m.dataset] if per_model else []), _num(m.test_auc, 3), m.test_ece,
          (m.weights_sha256 or "n/a")[:12]] for m in models
     ]
 

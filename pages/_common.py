@@ -21,6 +21,7 @@ import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from cxrcore import benchmarks, cards, checkpoints, compare, data, datasets, explain, inference, metrics, runs
+from cxrcore.calibration import CalibrationCheck
 from cxrcore.compare import ENSEMBLE, Case
 from cxrcore.imaging import ImageError, Limits
 from cxrcore.ood import usable as detector_usable
@@ -126,7 +127,7 @@ def task_checkpoints(root: str, dataset: str) -> list[checkpoints.Checkpoint]:
 
 
 @st.cache_data(show_spinner=False)
-def calibration_checks(root: str, dataset: str) -> dict[str, benchmarks.CalibrationCheck]:
+def calibration_checks(root: str, dataset: str) -> dict[str, CalibrationCheck]:
     """Each model's test ECE with its CI, by id (models without stored test predictions are absent)."""
     return {c.id: benchmarks.calibration_on_test(c) for c in task_checkpoints(root, dataset) if c.has_predictions}
 

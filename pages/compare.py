@@ -6,7 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrcore import benchmarks, compare, html_table, report
+from cxrcore import compare, html_table, report
+from cxrcore.calibration import ECE_TARGET
 from cxrcore.compare import ENSEMBLE
 from cxrcore.task import kind_of
 from pages import _common as ui
@@ -52,7 +53,7 @@ def build_report(case: compare.Case, sel: ui.Selection, comp: compare.Comparison
         bar.progress((k + 1) / len(comp.models))
     data = compare.case_report(comp, case.image.pixels, name, [sel.checkpoint(i).card for i in comp.models], source,
                                panels, warning, dt.datetime.now().isoformat(timespec="seconds"),
-                               ui.overrides(sel.dataset))
+                               ui.overrides(sel.dataset), ui.calibration_checks(str(sel.root), sel.dataset))
     return report.case_report_pdf(data)
 
 
@@ -180,7 +181,7 @@ if not comparable:
     missed = [checks[m].describe() for m in comp.models if m in checks and checks[m].verdict == "missed"]
     if missed:
         st.caption(f"**Calibration did not hold on the test split** (95 % CI wholly above the "
-                   f"{benchmarks.ECE_TARGET:g} target) for {'; '.join(missed)}: read their cells as ranking scores, "
+                   f"{ECE_TARGET:g} target) for {'; '.join(missed)}: read their cells as ranking scores, "
                    "not as observed rates (Benchmarks › Calibration).")
 if len(user_set):
     st.markdown("**Thresholds set by the user** (the ROC page resets them)")

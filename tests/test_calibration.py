@@ -134,3 +134,8 @@ def test_a_trained_checkpoint_serves_what_it_stores(root):
     np.testing.assert_allclose(m.predict(x), m.calibration.apply(m.predict_raw(x)), rtol=1e-6)
     np.testing.assert_allclose(m.predict(x, raw=True), m.predict_raw(x))
     assert isinstance(x, torch.Tensor)
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [(0.01, 0.05, "held"), (0.04, 0.06, "unsettled"), (0.051, 0.09, "missed")])
+def test_a_calibration_verdict_needs_the_whole_interval_on_one_side_of_the_target(lo, hi, verdict):
+    assert calibration.CalibrationCheck("m", (lo + hi) / 2, lo, hi).verdict == verdict

@@ -56,7 +56,8 @@ def test_a_lora_card_names_its_frozen_base(nih):
 
 
 def test_a_card_gives_its_test_calibration_with_the_interval_and_what_it_means(nih):
-    from cxrcore.benchmarks import CalibrationCheck, calibration_on_test
+    from cxrcore.benchmarks import calibration_on_test
+    from cxrcore.calibration import CalibrationCheck
 
     ck = next(c for c in nih if c.id == "vanilla_cnn")
     check = calibration_on_test(ck, n_boot=50)

@@ -11,13 +11,14 @@ from helpers import NIH14, dicom, fake_checkpoint, fake_checkpoint_root, write_o
 from PIL import Image
 
 from cxrcore import compare, gate, metrics
+from cxrcore.calibration import CalibrationCheck
 from cxrcore.checkpoints import find
 from cxrcore.compare import ENSEMBLE
 from cxrcore.data import Box, Dataset
 from cxrcore.explain import CamResult, jet
 from cxrcore.imaging import ImageError, Limits, to_dataset_size, to_model_batch
 from cxrcore.inference import load_model
-from cxrcore.report import case_report_pdf
+from cxrcore.report import case_report_pdf, provenance_rows
 from cxrcore.runs import val_operating_points
 
 LABELS = ["a", "b", "c"]
@@ -416,6 +417,11 @@ def test_case_report_renders_with_models_then_ensemble(nih):
     assert rep.probs["mean of 2 selected"] == [0.4] * 14
     assert [m.id for m in rep.models] == ["vanilla_cnn", "vit_scratch"] and "400 train" in rep.models[0].dataset
     assert case_report_pdf(rep).startswith(b"%PDF")
+    assert rep.models[0].test_ece == f"{cards[0].metrics.test.ece:.3f}"  # no check given: the card's figure alone
+    checks = {"vanilla_cnn": CalibrationCheck("vanilla_cnn", 0.131, 0.113, 0.155)}
+    rep = compare.case_report(comp, np.zeros((64, 64), np.uint8), "x.png", cards, "cards", calibration=checks)
+    assert [m.test_ece for m in rep.models] == ["0.131 (0.113-0.155), above 0.05", f"{cards[1].metrics.test.ece:.3f}"]
+    assert "Test ECE (95% CI)" in provenance_rows(rep.models)[0]
 
 
 def test_predicted_class_is_each_columns_most_probable_class():

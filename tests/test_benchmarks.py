@@ -379,3 +379,16 @@ def test_the_calibration_table_shows_each_models_calibration_check(nih):
         source = benchmarks.split_arrays(preds, "val", ck.card.task)[0].mean(axis=0)
         moved = metrics.prior_shift(p, source, y.mean(axis=0), exclusive=False)
         assert rows[ck.id]["test_ece_at_test_mix"] == pytest.approx(metrics.expected_calibration_error(y, moved))
+
+
+def test_a_cross_validated_models_training_cost_counts_its_folds_everywhere_it_is_shown(tmp_path):
+    from dataclasses import replace
+
+    from helpers import fake_checkpoint
+
+    cv = fake_checkpoint(tmp_path, "vanilla_cnn", cv=True)
+    card = replace(cv.card, train_seconds=60.0, wall_seconds=600.0)  # the refit alone, then folds and refit
+    assert benchmarks.train_minutes(card) == 10.0
+    assert benchmarks.train_minutes(replace(card, metrics=replace(card.metrics, extra={}))) == 1.0  # single split
+    row = benchmarks.table1([replace(cv, card=card)])[0]
+    assert row["train_minutes"] == 10.0
